@@ -1,0 +1,87 @@
+// cpu.cpp - the CPU implementations of the gaussfield ops: allocation, then the C
+// core's stages spread over torch's own thread pool (at::parallel_for honours
+// torch.set_num_threads).  Each stage writes disjoint ranges, so the split does not
+// change a single bit of the result.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "gaussfield_ext.h"
+
+namespace gaussfield {
+namespace {
+
+// Pairs of work below which a range is not worth handing to another thread.
+constexpr int64_t kPairsPerTask = 1 << 15;
+
+int64_t grain(int64_t other_dim) {
+  return std::max<int64_t>(1, kPairsPerTask / std::max<int64_t>(1, other_dim));
+}
+
+at::Tensor records_for(const gf_params& p, const at::Tensor& like) {
+  at::Tensor records = at::empty({static_cast<int64_t>(gf_records_bytes(p.dtype, p.num_gaussians))},
+                                 like.options().dtype(at::kByte));
+  gf_params q = p;
+  q.records = records.data_ptr();
+  at::parallel_for(0, p.num_gaussians, 256, [&](int64_t begin, int64_t end) {
+    check_status(gf_cpu_precompute(&q, begin, end), "precompute");
+  });
+  return records;
+}
+
+at::Tensor gaussian_field_cpu(const at::Tensor& x, const at::Tensor& means,
+                              const at::Tensor& cov, const at::Tensor& weights, double eps) {
+  Problem prob = make_problem(x, means, cov, weights, eps);
+  gf_params& p = prob.params;
+  at::Tensor out = allocate_output(x, p);
+  if (p.num_points == 0 || p.num_gaussians == 0) return out;
+  at::Tensor records = records_for(p, x);
+  p.records = records.data_ptr();
+  p.out = out.data_ptr();
+  at::parallel_for(0, p.num_points, grain(p.num_gaussians), [&](int64_t begin, int64_t end) {
+    check_status(gf_cpu_forward(&p, begin, end), "forward");
+  });
+  return out;
+}
+
+BackwardResult gaussian_field_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x,
+                                           const at::Tensor& means, const at::Tensor& cov,
+                                           const at::Tensor& weights, double eps,
+                                           std::array<bool, 4> output_mask) {
+  Problem prob = make_problem(x, means, cov, weights, eps, grad_out);
+  gf_params& p = prob.params;
+  std::array<at::Tensor, 4> grads = allocate_grads(x, means, cov, weights, p, output_mask);
+  if (p.num_points > 0 && p.num_gaussians > 0) {
+    at::Tensor records = records_for(p, x);
+    p.records = records.data_ptr();
+    set_grad_outputs(p, grads);
+    if (p.grad_x) {
+      at::parallel_for(0, p.num_points, grain(p.num_gaussians), [&](int64_t begin, int64_t end) {
+        check_status(gf_cpu_backward_points(&p, begin, end), "backward (points)");
+      });
+    }
+    if (p.grad_means || p.grad_cov || p.grad_weights) {
+      // Split in blocks of 16 Gaussians, the lane block of the loops.
+      constexpr int64_t kBlock = 16;
+      const int64_t blocks = (p.num_gaussians + kBlock - 1) / kBlock;
+      at::parallel_for(0, blocks, std::max<int64_t>(1, grain(p.num_points) / kBlock),
+                       [&](int64_t begin, int64_t end) {
+                         check_status(gf_cpu_backward_gaussians(
+                                          &p, begin * kBlock,
+                                          std::min(end * kBlock, p.num_gaussians)),
+                                      "backward (gaussians)");
+                       });
+    }
+  }
+  return {grads[0], grads[1], grads[2], grads[3]};
+}
+
+}  // namespace
+}  // namespace gaussfield
+
+TORCH_LIBRARY_IMPL(gaussfield, CPU, m) {
+  m.impl("gaussian_field", &gaussfield::gaussian_field_cpu);
+  m.impl("gaussian_field_backward", &gaussfield::gaussian_field_backward_cpu);
+}

@@ -1,0 +1,47 @@
+// gaussfield_ext.h - what the CPU and CUDA implementations of the ops share: the one
+// place inputs are validated, and the translation of tensors into a gf_params.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <array>
+#include <tuple>
+
+#include "gaussfield.h"
+
+namespace gaussfield {
+
+// The validated problem.  x2d is x viewed (or, where no view exists, copied) as
+// [B, 3], grad_out_flat likewise as [B]; they keep those buffers alive for params.  The
+// other tensors are the caller's, strides and all.
+struct Problem {
+  at::Tensor x2d;
+  at::Tensor grad_out_flat;
+  gf_params params;  // inputs filled in, outputs NULL
+};
+
+// Checks shapes, dtypes, devices and eps of the forward's inputs and throws a
+// c10::Error naming the argument otherwise.  `grad_out`, when defined, is checked
+// against x too (the backward).
+Problem make_problem(const at::Tensor& x, const at::Tensor& means, const at::Tensor& cov,
+                     const at::Tensor& weights, double eps,
+                     const at::Tensor& grad_out = at::Tensor());
+
+// Outputs of the forward and the backward, allocated on x's device: the forward's
+// result has shape x.shape[:-1]; each wanted gradient has its input's shape.  Filled
+// with zeros where B = 0 or N = 0 (empty sums), so a caller may return them at once.
+at::Tensor allocate_output(const at::Tensor& x, const gf_params& p);
+std::array<at::Tensor, 4> allocate_grads(const at::Tensor& x, const at::Tensor& means,
+                                         const at::Tensor& cov, const at::Tensor& weights,
+                                         const gf_params& p,
+                                         std::array<bool, 4> output_mask);
+
+// Points the output fields of p at the defined tensors among these.
+void set_grad_outputs(gf_params& p, const std::array<at::Tensor, 4>& grads);
+
+// Throws a c10::Error carrying gf_status_string(status) when status != GF_OK.
+void check_status(gf_status status, const char* what);
+
+using BackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+}  // namespace gaussfield
