@@ -7,6 +7,10 @@
 
 #include "gaussfield.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* The checks every stage shares (the CUDA half uses them too): dtype, cov_mode, eps,
  * sizes and strides. */
 gf_status gf_check_params(const gf_params *params);
@@ -25,6 +29,10 @@ extern const gf_cpu_kernels gf_cpu_kernels_generic;
 #if defined(GF_HAVE_X86_VARIANTS)
 extern const gf_cpu_kernels gf_cpu_kernels_avx2;
 extern const gf_cpu_kernels gf_cpu_kernels_avx512;
+#endif
+
+#ifdef __cplusplus
+}
 #endif
 
 #endif /* GF_CPU_INTERNAL_H */
