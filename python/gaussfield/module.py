@@ -1,6 +1,5 @@
 """The drop-in module and forward for the notebook's Gaussian-field classes."""
-import math
-
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -8,16 +7,6 @@ from .ops import gaussian_field
 
 #: eps that the notebook's ``get_covariance`` adds to the diagonal of a full covariance.
 NOTEBOOK_EPS = 1e-6
-
-
-def _cbrt(v: float) -> float:
-    # The notebook uses np.cbrt; math.cbrt (3.11+) calls the same libm routine, and a
-    # different rounding would change the initial parameters in their last bit.
-    if hasattr(math, "cbrt"):
-        return math.cbrt(v)
-    import numpy as np
-
-    return float(np.cbrt(v))
 
 
 def fused_forward(module: nn.Module, x: Tensor) -> Tensor:
@@ -32,9 +21,16 @@ def fused_forward(module: nn.Module, x: Tensor) -> Tensor:
 
     ``x`` is ``[B, 3]`` (result ``[B]``) or ``[3]`` (0-d result), as in the notebook;
     any ``[..., 3]`` works.
+
+    The notebook's ``cov_tril`` is float64 while its other parameters are float32
+    (``torch.tensor`` infers float64 from the NumPy scalars it is built from), and its
+    forward rounds it into a float32 ``L``.  This forward does the same: the covariance
+    parameters are cast (differentiably) to the dtype of ``means``, and their gradient
+    arrives in their own dtype.
     """
     cov = module.cov_tril if module.use_full_cov else module.log_scales
-    return gaussian_field(x, module.means, cov, module.weights, eps=NOTEBOOK_EPS)
+    means = module.means
+    return gaussian_field(x, means, cov.to(means.dtype), module.weights, eps=NOTEBOOK_EPS)
 
 
 class GaussianField(nn.Module):
@@ -42,9 +38,11 @@ class GaussianField(nn.Module):
 
     Same constructor, parameters (``means``, ``cov_tril`` or ``log_scales``,
     ``weights``), initialisation (drawing from torch's global generator in the same
-    order) and ``state_dict`` keys as the notebook's ``FastLearnableGaussianField``, so
-    checkpoints move between the two classes in both directions. ``forward`` is
-    :func:`fused_forward`.
+    order), parameter dtypes and ``state_dict`` as the notebook's
+    ``FastLearnableGaussianField``, so checkpoints move between the two classes in both
+    directions, bit for bit.  That includes the notebook's float64 ``cov_tril`` beside
+    float32 ``means`` and ``weights``; ``forward`` (:func:`fused_forward`) computes in
+    the dtype of ``means``, as the notebook's does.
     """
 
     def __init__(self, num_gaussians: int, volume_size: float = 10.0, use_full_cov: bool = True):
@@ -53,36 +51,45 @@ class GaussianField(nn.Module):
         self.volume_size = volume_size
         self.use_full_cov = use_full_cov
 
-        scale = volume_size / _cbrt(num_gaussians)
+        # NumPy, as in the notebook: np.cbrt and math.cbrt differ in the last bit
+        scale = volume_size / np.cbrt(num_gaussians)
         self.means = nn.Parameter(torch.rand(num_gaussians, 3) * volume_size)
         if use_full_cov:
-            init_scale = math.log(scale)
+            init_scale = float(np.log(scale))
+            # float64, as in the notebook (see the class docstring)
             self.cov_tril = nn.Parameter(
-                torch.tensor([[init_scale, 0.0, init_scale, 0.0, 0.0, init_scale]]).repeat(
-                    num_gaussians, 1
-                )
+                torch.tensor(
+                    [[init_scale, 0.0, init_scale, 0.0, 0.0, init_scale]], dtype=torch.float64
+                ).repeat(num_gaussians, 1)
             )
         else:
-            self.log_scales = nn.Parameter(torch.ones(num_gaussians, 3) * math.log(scale))
+            self.log_scales = nn.Parameter(torch.ones(num_gaussians, 3) * np.log(scale))
         self.weights = nn.Parameter(torch.ones(num_gaussians))
 
     def get_covariance(self) -> Tensor:
-        """The covariance matrices ``[N, 3, 3]``, as the notebook builds them (in the
-        parameters' dtype; the notebook builds them in the default dtype)."""
+        """The covariance matrices ``[N, 3, 3]``, computed as the notebook computes them,
+        in the dtype of ``means`` (the notebook uses the default dtype, which is the
+        same thing until the module is converted with ``.double()``)."""
+        dtype, device = self.means.dtype, self.means.device
         if not self.use_full_cov:
-            return torch.diag_embed(torch.exp(self.log_scales) ** 2)
+            scales = torch.exp(self.log_scales)
+            return torch.diag_embed((scales**2).to(dtype))
         c = self.cov_tril
-        zero = torch.zeros_like(c[:, 0])
+        # each entry is computed in cov_tril's dtype and then rounded, as the notebook
+        # does by assigning into a zeros tensor
+        zero = torch.zeros(c.shape[0], dtype=dtype, device=device)
+        l00, l11, l22 = (torch.exp(c[:, i]).to(dtype) for i in (0, 2, 5))
+        l10, l20, l21 = (c[:, i].to(dtype) for i in (1, 3, 4))
         L = torch.stack(
             [
-                torch.stack([torch.exp(c[:, 0]), zero, zero], dim=-1),
-                torch.stack([c[:, 1], torch.exp(c[:, 2]), zero], dim=-1),
-                torch.stack([c[:, 3], c[:, 4], torch.exp(c[:, 5])], dim=-1),
+                torch.stack([l00, zero, zero], dim=-1),
+                torch.stack([l10, l11, zero], dim=-1),
+                torch.stack([l20, l21, l22], dim=-1),
             ],
             dim=-2,
         )
-        eye = torch.eye(3, dtype=c.dtype, device=c.device)
-        return L @ L.transpose(-2, -1) + NOTEBOOK_EPS * eye
+        cov = torch.bmm(L, L.transpose(-2, -1))
+        return cov + NOTEBOOK_EPS * torch.eye(3, dtype=dtype, device=device).unsqueeze(0)
 
     def forward(self, x: Tensor) -> Tensor:
         return fused_forward(self, x)
