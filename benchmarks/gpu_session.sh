@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# One call on the GPU machine: build for sm_90, then the stages named on the command
+# line (default: all), everything logged under $OUT (the device tool brings it back).
+#
+#   bash benchmarks/gpu_session.sh build test sanitize sass bench sweep
+#
+# build     pip install (CMake + nvcc), ptxas resource report into the log
+# test      the whole pytest suite, CUDA included
+# sanitize  compute-sanitizer memcheck and racecheck on a forward + backward
+# sass      SASS of the kernels ($OUT/sass.txt) for reading off-line
+# bench     benchmarks/bench.py: peers and ours ($OUT/results/)
+# sweep     ours under several launch configurations ($OUT/results/)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gaussfield-out}
+mkdir -p "$OUT/results"
+LOG="$OUT/session.log"
+stages=${*:-build test sanitize sass bench sweep}
+export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=9.0
+status=0
+
+stage() { echo; echo "=== $1 ($(date -u +%H:%M:%S))"; }
+run() {  # run a stage command, log it, remember failure
+  local start=$SECONDS
+  "$@" 2>&1
+  local rc=$?
+  echo "--- exit $rc after $((SECONDS - start)) s"
+  [ $rc -eq 0 ] || status=1
+  return $rc
+}
+
+{
+stage environment
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
+nvcc --version | tail -2
+
+for s in $stages; do
+  case $s in
+  build)
+    stage build
+    run pip install --no-build-isolation --no-deps . -Cbuild-dir=build/gpu -v > "$OUT/build.log" || { tail -60 "$OUT/build.log"; exit 1; }
+    grep -E "gaussfield:|ptxas info *: (Used|Compiling)|spill" "$OUT/build.log" | sed -E 's/.*ptxas info *: //; s/Compiling entry function .(_Z[^ ]*). for .sm_90./\1/' | cut -c1-160
+    rm -f "$OUT/build.log"
+    python3 -c "import torch, gaussfield; assert torch._C._dispatch_has_kernel_for_dispatch_key('gaussfield::gaussian_field', 'CUDA'), 'no CUDA kernels'; print('CUDA kernels registered')" || exit 1
+    ;;
+  test)
+    stage test
+    run python3 -m pytest -q -p no:cacheprovider tests -ra > "$OUT/pytest.txt"
+    tail -60 "$OUT/pytest.txt"; rm -f "$OUT/pytest.txt"
+    ;;
+  sanitize)
+    stage sanitize
+    for tool in memcheck racecheck; do
+      run compute-sanitizer --tool $tool --error-exitcode 3 python3 tests/cuda_sanitize.py > "$OUT/san.txt"
+      tail -15 "$OUT/san.txt"; rm -f "$OUT/san.txt"
+    done
+    ;;
+  sass)
+    stage sass
+    lib=$(find build/gpu -name 'libgaussfield_cuda.a' | head -1)
+    cuobjdump -res-usage "$lib" 2>&1 | grep -E "Function|REG" | paste - - | sed -E 's/Function ([^:]*):/\1/' | cut -c1-220
+    cuobjdump -sass "$lib" > "$OUT/sass.txt" 2>&1
+    echo "sass: $(wc -l < "$OUT/sass.txt") lines"
+    ;;
+  bench)
+    stage bench
+    run python3 benchmarks/bench.py --out "$OUT/results"
+    nvidia-smi --query-gpu=clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv
+    ;;
+  sweep)
+    stage sweep
+    run python3 benchmarks/bench.py --sweep --out "$OUT/results"
+    ;;
+  esac
+done
+echo; echo "=== done, status $status"
+exit $status
+} 2>&1 | tee "$LOG"
+exit ${PIPESTATUS[0]}
