@@ -39,14 +39,35 @@ for s in $stages; do
   case $s in
   build)
     stage build
-    run pip install --no-build-isolation --no-deps . -Cbuild-dir=build/gpu -v > "$OUT/build.log" || { tail -60 "$OUT/build.log"; exit 1; }
+    run python3 -m pip install --no-build-isolation --no-deps . -Cbuild-dir=build/gpu -v > "$OUT/build.log" || { tail -60 "$OUT/build.log"; exit 1; }
     grep -E "gaussfield:|ptxas info *: (Used|Compiling)|spill" "$OUT/build.log" | sed -E 's/.*ptxas info *: //; s/Compiling entry function .(_Z[^ ]*). for .sm_90./\1/' | cut -c1-160
     rm -f "$OUT/build.log"
     python3 -c "import torch, gaussfield; assert torch._C._dispatch_has_kernel_for_dispatch_key('gaussfield::gaussian_field', 'CUDA'), 'no CUDA kernels'; print('CUDA kernels registered')" || exit 1
     ;;
+  diag)
+    stage diag
+    g++ --version | head -1
+    cat > /tmp/bad.py <<'PY'
+import sys, torch, gaussfield
+case, dev = int(sys.argv[1]), sys.argv[2]
+good = [torch.rand(5, 3), torch.rand(4, 3), torch.rand(4, 6), torch.rand(4)]
+bad = [(0, torch.rand(5, 2)), (0, torch.rand(())), (1, torch.rand(4, 2)), (2, torch.rand(4, 5)),
+       (2, torch.rand(3, 6)), (3, torch.rand(5)), (0, torch.rand(5, 3).half()), (1, torch.rand(4, 3).double())]
+i, t = bad[case]
+good[i] = t
+try:
+    torch.ops.gaussfield.gaussian_field(*[g.to(dev) for g in good], 1e-6)
+except RuntimeError as e:
+    print("case", case, dev, "raised:", str(e).splitlines()[0][:90])
+PY
+    for dev in cpu cuda; do for c in 0 1 2 3 4 5 6 7; do
+      python3 /tmp/bad.py $c $dev > /tmp/bad.out 2>&1; rc=$?; tail -1 /tmp/bad.out; echo "  exit $rc"
+    done; done
+    cuda-gdb -batch -ex "set pagination off" -ex run -ex bt --args python3 /tmp/bad.py 0 cpu 2>&1 | grep -v "^\[New Thread\|^\[Thread\|Detaching\|^warning" | tail -30
+    ;;
   test)
     stage test
-    run python3 -m pytest -q -p no:cacheprovider tests -ra > "$OUT/pytest.txt"
+    run python3 -m pytest -q -n 4 -p no:cacheprovider tests -ra > "$OUT/pytest.txt"
     tail -60 "$OUT/pytest.txt"; rm -f "$OUT/pytest.txt"
     ;;
   sanitize)

@@ -34,9 +34,9 @@ at::Tensor gaussian_field_cuda(const at::Tensor& x, const at::Tensor& means,
   at::Tensor out = allocate_output(x, p);
   if (p.num_points == 0 || p.num_gaussians == 0) return out;
   const c10::cuda::CUDAGuard guard(x.device());
+  p.out = out.data_ptr();
   size_t bytes = 0;
   at::Tensor workspace = workspace_for(p, false, x, &bytes);
-  p.out = out.data_ptr();
   int cuda_error = 0;
   check_cuda(gf_cuda_forward(&p, workspace.data_ptr(), bytes,
                              c10::cuda::getCurrentCUDAStream().stream(), &cuda_error),
