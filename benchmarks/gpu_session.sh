@@ -63,7 +63,12 @@ PY
     for dev in cpu cuda; do for c in 0 1 2 3 4 5 6 7; do
       python3 /tmp/bad.py $c $dev > /tmp/bad.out 2>&1; rc=$?; tail -1 /tmp/bad.out; echo "  exit $rc"
     done; done
-    cuda-gdb -batch -ex "set pagination off" -ex run -ex bt --args python3 /tmp/bad.py 0 cpu 2>&1 | grep -v "^\[New Thread\|^\[Thread\|Detaching\|^warning" | tail -30
+    lib=$(python3 -c "import gaussfield,glob,os;print(glob.glob(os.path.dirname(gaussfield.__file__)+'/libgaussfield_ops*')[0])")
+    echo "--- symbols"; nm -DC "$lib" | grep -E "_M_insert|num_put|locale|ostream" | head -20
+    echo "--- needed"; readelf -d "$lib" | grep -E "NEEDED|RUNPATH|RPATH"
+    echo "--- link"; find build/gpu -name build.ninja | xargs grep -A3 "build libgaussfield_ops.so" | grep -E "LINK_FLAGS|LINK_LIBRARIES" | cut -c1-600
+    echo "--- torch"; python3 -c "import torch; print(torch._C._GLIBCXX_USE_CXX11_ABI); print([l for l in torch.__config__.show().splitlines() if 'CXX_FLAGS' in l or 'CXX_COMPILER' in l])"
+    echo "--- top frames"; cuda-gdb -batch -ex "set pagination off" -ex run -ex "bt 12" --args python3 /tmp/bad.py 0 cpu 2>&1 | grep -E "^#" | head -12 | cut -c1-300
     ;;
   test)
     stage test
@@ -86,7 +91,10 @@ PY
     ;;
   bench)
     stage bench
+    nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,temperature.gpu,utilization.gpu --format=csv,noheader -lms 500 > "$OUT/clocks.csv" &
+    smi=$!
     run python3 benchmarks/bench.py --out "$OUT/results"
+    kill $smi
     nvidia-smi --query-gpu=clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv
     ;;
   sweep)
