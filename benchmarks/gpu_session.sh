@@ -10,6 +10,8 @@
 # sass      SASS of the kernels ($OUT/sass.txt) for reading off-line
 # bench     benchmarks/bench.py: peers and ours ($OUT/results/)
 # sweep     ours under several launch configurations ($OUT/results/)
+# profile   where a small (B = 500, N = 1000) training step spends its time
+# diag      the CUDA machine's toolchain, and bad-input errors one case at a time
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gaussfield-out}
@@ -66,7 +68,8 @@ PY
     lib=$(python3 -c "import gaussfield,glob,os;print(glob.glob(os.path.dirname(gaussfield.__file__)+'/libgaussfield_ops*')[0])")
     echo "--- symbols"; nm -DC "$lib" | grep -E "_M_insert|num_put|locale|ostream" | head -20
     echo "--- needed"; readelf -d "$lib" | grep -E "NEEDED|RUNPATH|RPATH"
-    echo "--- link"; find build/gpu -name build.ninja | xargs grep -A3 "build libgaussfield_ops.so" | grep -E "LINK_FLAGS|LINK_LIBRARIES" | cut -c1-600
+    echo "--- link"; (cd build/gpu && ninja -t commands libgaussfield_ops.so 2>/dev/null | tail -1 | tr ' ' '\n' | grep -vE "\.o$" | tr '\n' ' ' | cut -c1-1500); echo
+    echo "--- env"; env | grep -iE "^(LD|C|CXX|CPP|NVCC)FLAGS|^CMAKE|^CC=|^CXX=" || echo "(no compiler flags in the environment)"
     echo "--- torch"; python3 -c "import torch; print(torch._C._GLIBCXX_USE_CXX11_ABI); print([l for l in torch.__config__.show().splitlines() if 'CXX_FLAGS' in l or 'CXX_COMPILER' in l])"
     echo "--- top frames"; cuda-gdb -batch -ex "set pagination off" -ex run -ex "bt 12" --args python3 /tmp/bad.py 0 cpu 2>&1 | grep -E "^#" | head -12 | cut -c1-300
     ;;
@@ -96,6 +99,10 @@ PY
     run python3 benchmarks/bench.py --out "$OUT/results"
     kill $smi
     nvidia-smi --query-gpu=clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv
+    ;;
+  profile)
+    stage profile
+    run python3 benchmarks/profile_small.py
     ;;
   sweep)
     stage sweep
