@@ -19,6 +19,11 @@ mkdir -p "$OUT/results"
 LOG="$OUT/session.log"
 stages=${*:-build test sanitize sass bench sweep}
 export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=9.0
+# The image has a second GCC in /opt/gcc whose libstdc++ is static-only: a library
+# linked by it carries a private C++ runtime (the build's check refuses it).  Build with
+# the system compiler, whose libstdc++.so is the one torch runs on.
+echo "CC=${CC:-} CXX=${CXX:-} (from the environment)"
+if [ -x /usr/bin/g++ ] && [ -x /usr/bin/gcc ]; then export CC=/usr/bin/gcc CXX=/usr/bin/g++; fi
 status=0
 
 stage() { echo; echo "=== $1 ($(date -u +%H:%M:%S))"; }
