@@ -23,7 +23,10 @@ export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=9.0
 # linked by it carries a private C++ runtime (the build's check refuses it).  Build with
 # the system compiler, whose libstdc++.so is the one torch runs on.
 echo "CC=${CC:-} CXX=${CXX:-} (from the environment)"
-if [ -x /usr/bin/g++ ] && [ -x /usr/bin/gcc ]; then export CC=/usr/bin/gcc CXX=/usr/bin/g++; fi
+# nvcc's host compiler too: CMake adds its library directories to the final link.
+if [ -x /usr/bin/g++ ] && [ -x /usr/bin/gcc ]; then
+  export CC=/usr/bin/gcc CXX=/usr/bin/g++ CUDAHOSTCXX=/usr/bin/g++
+fi
 status=0
 
 stage() { echo; echo "=== $1 ($(date -u +%H:%M:%S))"; }

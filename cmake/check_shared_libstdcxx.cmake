@@ -11,6 +11,8 @@ string(FIND "${dyn}" "libstdc++.so" needs_shared)
 string(REGEX MATCH "[0-9]+: [0-9a-f]+ +[0-9]+ FUNC +[A-Z]+ +DEFAULT +[0-9]+ _ZNSo9_M_insertIlEERSoT_" own_copy "${syms}")
 if(needs_shared EQUAL -1 OR own_copy)
   message(FATAL_ERROR "${LIB} contains a static copy of libstdc++ (it must link the shared "
-                      "libstdc++.so.6 that torch uses); check LDFLAGS / CMAKE_SHARED_LINKER_FLAGS "
-                      "for -static-libstdc++")
+                      "libstdc++.so.6 that torch uses).  Build with a compiler whose libstdc++ "
+                      "is shared, for C++ and for nvcc's host side alike, e.g. "
+                      "CC=/usr/bin/gcc CXX=/usr/bin/g++ CUDAHOSTCXX=/usr/bin/g++, and check "
+                      "LDFLAGS for -static-libstdc++.")
 endif()
