@@ -49,6 +49,7 @@ for s in $stages; do
   case $s in
   build)
     stage build
+    rm -rf build/gpu  # a warm machine keeps it, compiler choices and all
     run python3 -m pip install --no-build-isolation --no-deps . -Cbuild-dir=build/gpu -v > "$OUT/build.log" || { tail -60 "$OUT/build.log"; exit 1; }
     grep -E "gaussfield:|ptxas info *: (Used|Compiling)|spill" "$OUT/build.log" | sed -E 's/.*ptxas info *: //; s/Compiling entry function .(_Z[^ ]*). for .sm_90./\1/' | cut -c1-160
     rm -f "$OUT/build.log"
