@@ -8,6 +8,9 @@ default):
   compiled   torch.compile of the closed form (gaussfield.gaussian_field_reference:
              inverse once per Gaussian, quadratic form over its 6 entries, exp, sum)
   gaussfield FastLearnableGaussianField.forward = gaussfield.fused_forward
+  *+graphs   (GPU, S case) the same, with forward and loss under
+             torch.compile(mode="reduce-overhead"): CUDA graphs take the host's
+             per-launch costs away, which dominate a step this small
 
 "fwd" is a forward; "train" is zero_grad + forward + MSE loss + backward to every
 parameter, the user's training step.  Times are medians after warm-up (CUDA events on
@@ -50,8 +53,9 @@ class ClosedForm(FastLearnableGaussianField):
 
 
 def make_model(peer, n, device, state):
+    base = peer.removesuffix("+graphs")
     cls = {"loop": LearnableGaussianField, "batched": FastLearnableGaussianField,
-           "compiled": ClosedForm, "gaussfield": Patched}[peer]
+           "compiled": ClosedForm, "gaussfield": Patched}[base]
     model = cls(n).to(device)
     model.load_state_dict(state)
     if peer == "compiled":
@@ -104,12 +108,22 @@ def run_case(peer, kind, B, N, device, reps, warmup, seed=0):
             def step():
                 with torch.no_grad():
                     model(x)
+        elif peer.endswith("+graphs"):
+            torch._dynamo.reset()
+            loss_fn = torch.compile(lambda: F.mse_loss(model(x), target), mode="reduce-overhead",
+                                    fullgraph=True)
+
+            def step():
+                torch.compiler.cudagraph_mark_step_begin()
+                model.zero_grad(set_to_none=True)
+                loss_fn().backward()
         else:
             def step():
                 model.zero_grad(set_to_none=True)
                 loss = F.mse_loss(model(x), target)
                 loss.backward()
         step()  # compile / first-call costs stay out of the numbers
+        step()
         timer.sync()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
@@ -135,7 +149,8 @@ def cases_for(device, quick):
     """(name, kind, B, N, peers, reps): the issue's cases for this device."""
     if device.type == "cuda":
         cases = [
-            ("S", "train", 500, 1000, ["loop", "batched", "compiled", "gaussfield"], 50),
+            ("S", "train", 500, 1000, ["loop", "batched", "compiled", "gaussfield",
+                                       "compiled+graphs", "gaussfield+graphs"], 50),
             ("M", "fwd", 100_000, 10_000, ["batched", "compiled", "gaussfield"], 20),
             ("M", "train", 100_000, 10_000, ["batched", "compiled", "gaussfield"], 10),
             ("L", "train", 1_000_000, 100_000, ["compiled", "gaussfield"], 3),
@@ -193,9 +208,12 @@ def markdown(env, rows):
                          f"{r['skipped']} | | | | |")
             continue
         def ratio(other):
+            # compare like with like: ours under CUDA graphs against the closed form under them
+            if other == "compiled" and r["peer"].endswith("+graphs"):
+                other += "+graphs"
             o = next((q for q in rows if q["case"] == r["case"] and q["kind"] == r["kind"]
                       and q["peer"] == other and "ms" in q), None)
-            return f"{o['ms'] / r['ms']:.1f}" if o and r["peer"] == "gaussfield" else ""
+            return f"{o['ms'] / r['ms']:.1f}" if o and r["peer"].startswith("gaussfield") else ""
         mem = f"{r['peak_extra_MiB']:.1f}" if "peak_extra_MiB" in r else "n/a"
         lines.append(f"| {r['case']} | {r['kind']} | {r['B']} | {r['N']} | {r['peer']} | "
                      f"{r['ms']:.4g} | {r['pairs_per_s']:.3g} | {ratio('batched')} | "

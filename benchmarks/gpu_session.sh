@@ -109,6 +109,24 @@ PY
     kill $smi
     nvidia-smi --query-gpu=clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv
     ;;
+  ncu)
+    stage ncu
+    cat > /tmp/ncu_case.py <<'PY'
+import torch, gaussfield
+B, N = 100_000, 10_000
+x = torch.rand(B, 3, device="cuda") * 10; m = torch.rand(N, 3, device="cuda") * 10
+c = torch.full((N, 6), -0.77, device="cuda"); w = torch.randn(N, device="cuda")
+g = torch.randn(B, device="cuda")
+for _ in range(2):
+    gaussfield.gaussian_field(x, m, c, w)
+    torch.ops.gaussfield.gaussian_field_backward(g, x, m, c, w, 1e-6, [False, True, True, True])
+torch.cuda.synchronize()
+PY
+    run ncu --clock-control none --kernel-name regex:"points_kernel|gaussians_kernel" --launch-skip 2 --launch-count 2 \
+      --section SpeedOfLight --section ComputeWorkloadAnalysis --section WarpStateStats --section SchedulerStats \
+      --section Occupancy python3 /tmp/ncu_case.py > "$OUT/ncu.txt" 2>&1
+    grep -E "points_kernel|gaussians_kernel|Duration|SM Frequency|Compute \(SM\) Throughput|Issue Slots Busy|Executed Ipc A|No Eligible|Issued Warp|Eligible Warps|Active Warps Per|Achieved Occupancy|Theoretical Occupancy|Stall|Warp Cycles Per Issued|Block Limit Reg|Registers Per" "$OUT/ncu.txt" | cut -c1-150 | head -70
+    ;;
   profile)
     stage profile
     run python3 benchmarks/profile_small.py

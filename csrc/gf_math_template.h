@@ -16,13 +16,13 @@
  * covariance A = -(log2 e)/2 Sigma^{-1} (see gf_math.h), so that the Gaussian's value at
  * d = x - mu is 2^(d^T A d).  b = 2 a off the diagonal, for the 9-operation form of the
  * exponent.  16 values: 64 bytes (float) or 128 (double), loaded as aligned 16-byte
- * vectors by the CUDA kernels.
+ * vectors by the CUDA kernels; what the forward reads comes first (3 vectors in float).
  */
 typedef struct GF_TYPE(gf_record) {
     GF_T mx, my, mz, w;
-    GF_T axx, ayy, azz, axy;
-    GF_T axz, ayz, bxy, bxz;
-    GF_T byz, pad0, pad1, pad2;
+    GF_T axx, ayy, azz, bxy;
+    GF_T bxz, byz, axy, axz;
+    GF_T ayz, pad0, pad1, pad2;
 } GF_TYPE(gf_record);
 
 /*
