@@ -13,8 +13,9 @@ default):
              per-launch costs away, which dominate a step this small
 
 "fwd" is a forward; "train" is zero_grad + forward + MSE loss + backward to every
-parameter, the user's training step.  Times are medians after warm-up (CUDA events on
-a GPU, perf_counter on the CPU).  Peak memory (GPU only) is the allocator's peak
+parameter, the user's training step.  Times are medians after warm-up (on a GPU, CUDA
+events around each call with one synchronisation at the end, as triton's do_bench; on
+the CPU, perf_counter).  Peak memory (GPU only) is the allocator's peak
 during the timed calls minus what was allocated before them.
 
     python benchmarks/bench.py                 # the cases of this device
@@ -73,19 +74,25 @@ class Timer:
             torch.cuda.synchronize()
 
     def median_ms(self, fn, reps, warmup):
+        """Median per-call time.  On a GPU, as triton's do_bench does: an event pair
+        around every call and one synchronisation at the end, so the host runs ahead
+        while the device works (a GPU-bound call is timed on the device; a host-bound
+        one by the host's pace, as in a training loop)."""
         for _ in range(warmup):
             fn()
         self.sync()
-        times = []
-        for _ in range(reps):
-            if self.cuda:
-                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        if self.cuda:
+            events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                      for _ in range(reps)]
+            for a, b in events:
                 a.record()
                 fn()
                 b.record()
-                b.synchronize()
-                times.append(a.elapsed_time(b))
-            else:
+            torch.cuda.synchronize()
+            times = [a.elapsed_time(b) for a, b in events]
+        else:
+            times = []
+            for _ in range(reps):
                 t = time.perf_counter()
                 fn()
                 times.append((time.perf_counter() - t) * 1e3)
