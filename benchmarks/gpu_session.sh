@@ -4,8 +4,8 @@
 #
 #   bash benchmarks/gpu_session.sh build test sanitize sass bench sweep
 #
-# build     pip install (CMake + nvcc), ptxas resource report into the log
-# test      the whole pytest suite, CUDA included
+# build     make install (pip drives CMake + nvcc)
+# test      make test: the README's test command (pytest with CUDA, ctest, sanitizers)
 # sanitize  compute-sanitizer memcheck and racecheck on a forward + backward
 # sass      SASS of the kernels ($OUT/sass.txt) for reading off-line
 # bench     benchmarks/bench.py: peers and ours ($OUT/results/)
@@ -49,9 +49,8 @@ for s in $stages; do
   case $s in
   build)
     stage build
-    rm -rf build/gpu  # a warm machine keeps it, compiler choices and all
-    run python3 -m pip install --no-build-isolation --no-deps . -Cbuild-dir=build/gpu -v > "$OUT/build.log" || { tail -60 "$OUT/build.log"; exit 1; }
-    grep -E "gaussfield:|ptxas info *: (Used|Compiling)|spill" "$OUT/build.log" | sed -E 's/.*ptxas info *: //; s/Compiling entry function .(_Z[^ ]*). for .sm_90./\1/' | cut -c1-160
+    rm -rf build  # a warm machine keeps it, compiler choices and all
+    run make install > "$OUT/build.log" || { tail -60 "$OUT/build.log"; exit 1; }
     rm -f "$OUT/build.log"
     python3 -c "import torch, gaussfield; assert torch._C._dispatch_has_kernel_for_dispatch_key('gaussfield::gaussian_field', 'CUDA'), 'no CUDA kernels'; print('CUDA kernels registered')" || exit 1
     ;;
@@ -77,15 +76,16 @@ PY
     lib=$(python3 -c "import gaussfield,glob,os;print(glob.glob(os.path.dirname(gaussfield.__file__)+'/libgaussfield_ops*')[0])")
     echo "--- symbols"; nm -DC "$lib" | grep -E "_M_insert|num_put|locale|ostream" | head -20
     echo "--- needed"; readelf -d "$lib" | grep -E "NEEDED|RUNPATH|RPATH"
-    echo "--- link"; (cd build/gpu && ninja -t commands libgaussfield_ops.so 2>/dev/null | tail -1 | tr ' ' '\n' | grep -vE "\.o$" | tr '\n' ' ' | cut -c1-1500); echo
+    echo "--- link"; (cd build/cp3* && ninja -t commands libgaussfield_ops.so 2>/dev/null | tail -1 | tr ' ' '\n' | grep -vE "\.o$" | tr '\n' ' ' | cut -c1-1500); echo
     echo "--- env"; env | grep -iE "^(LD|C|CXX|CPP|NVCC)FLAGS|^CMAKE|^CC=|^CXX=" || echo "(no compiler flags in the environment)"
     echo "--- torch"; python3 -c "import torch; print(torch._C._GLIBCXX_USE_CXX11_ABI); print([l for l in torch.__config__.show().splitlines() if 'CXX_FLAGS' in l or 'CXX_COMPILER' in l])"
     echo "--- top frames"; cuda-gdb -batch -ex "set pagination off" -ex run -ex "bt 12" --args python3 /tmp/bad.py 0 cpu 2>&1 | grep -E "^#" | head -12 | cut -c1-300
     ;;
   test)
     stage test
-    run python3 -m pytest -q -n 4 -p no:cacheprovider tests -ra > "$OUT/pytest.txt"
-    tail -60 "$OUT/pytest.txt"; rm -f "$OUT/pytest.txt"
+    # the README's test command, as on any machine (pytest, C unit tests, sanitizers)
+    run make test > "$OUT/pytest.txt"
+    grep -E "passed|failed|error|tests passed|FAIL" "$OUT/pytest.txt" | tail -20; rm -f "$OUT/pytest.txt"
     ;;
   sanitize)
     stage sanitize
@@ -96,7 +96,7 @@ PY
     ;;
   sass)
     stage sass
-    lib=$(find build/gpu -name 'libgaussfield_cuda.a' | head -1)
+    lib=$(find build -name 'libgaussfield_cuda.a' | head -1)
     cuobjdump -res-usage "$lib" 2>&1 | grep -E "Function|REG" | paste - - | sed -E 's/Function ([^:]*):/\1/' | cut -c1-220
     cuobjdump -sass "$lib" > "$OUT/sass.txt" 2>&1
     echo "sass: $(wc -l < "$OUT/sass.txt") lines"

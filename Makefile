@@ -1,0 +1,40 @@
+# The two commands of the README, and their parts.
+#   make bench   set up, build, benchmark against the notebook versions, train the example
+#   make test    set up, build, run every test (pytest, C unit tests plain and under
+#                ASan/UBSan, the LibTorch example)
+PYTHON ?= python3
+# (evaluated when used: setup may have just installed ninja)
+CTEST_FLAGS = $(if $(shell command -v ninja),-G Ninja,) -DGF_WITH_CUDA=OFF \
+              -DPython3_EXECUTABLE=$(shell command -v $(PYTHON))
+
+.PHONY: setup install test pytest ctest bench clean
+
+setup:
+	PYTHON=$(PYTHON) ./scripts/setup.sh
+
+# Builds the extension (CUDA kernels too where nvcc exists) against the installed torch.
+install: setup
+	$(PYTHON) -m pip install --no-build-isolation --no-deps .
+
+pytest: install
+	$(PYTHON) -m pytest -q tests
+
+# C unit tests and the LibTorch example (build/ctest), and the C core's tests again
+# under AddressSanitizer + UndefinedBehaviorSanitizer (build/ctest-sanitize).
+ctest: setup
+	cmake -S . -B build/ctest $(CTEST_FLAGS) -DGF_BUILD_TESTS=ON -DGF_BUILD_EXAMPLES=ON
+	cmake --build build/ctest
+	ctest --test-dir build/ctest --output-on-failure
+	cmake -S . -B build/ctest-sanitize $(CTEST_FLAGS) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	      -DGF_BUILD_TORCH=OFF -DGF_BUILD_TESTS=ON -DGF_SANITIZE=ON
+	cmake --build build/ctest-sanitize
+	ctest --test-dir build/ctest-sanitize --output-on-failure
+
+test: pytest ctest
+
+bench: install
+	$(PYTHON) benchmarks/bench.py --out benchmarks/results
+	cd examples && $(PYTHON) train_end_to_end.py
+
+clean:
+	rm -rf build
