@@ -351,7 +351,8 @@ Plan make_plan(int64_t B, int64_t N, int sm_count) {
     plan.points_warps = std::min(kMaxWarps, parse_override(spec, "points_warps", plan.points_warps));
     plan.gauss_k = parse_override(spec, "gauss_k", plan.gauss_k);
     plan.gauss_warps = std::min(kMaxWarps, parse_override(spec, "gauss_warps", plan.gauss_warps));
-    plan.chunks = parse_override(spec, "chunks", int(std::min<int64_t>(plan.chunks, 1 << 20)));
+    plan.chunks = parse_override(spec, "chunks", int(plan.chunks));
+    plan.chunks = std::min<int64_t>(plan.chunks, 65535); /* grid.y limit */
     if (plan.points_r != 1 && plan.points_r != 2 && plan.points_r != 4 && plan.points_r != 8)
         plan.points_r = 1;
     if (plan.gauss_k != 1 && plan.gauss_k != 2 && plan.gauss_k != 4) plan.gauss_k = 1;
@@ -397,10 +398,14 @@ gf_status sm_count_of_current_device(int *sm_count, int *cuda_error) {
         if (st_ != GF_OK) return st_;                                      \
     } while (0)
 
+/* Blocks of a 1-D grid: CUDA allows up to 2^31 - 1 in x. */
+bool grid_fits(int64_t blocks) { return blocks <= int64_t(0x7fffffff); }
+
 template <typename T>
 gf_status launch_records(const gf_params &p, typename Types<T>::rec *records,
                          cudaStream_t stream, int *cuda_error) {
     const int threads = 256;
+    if (!grid_fits(ceil_div(p.num_gaussians, threads))) return GF_ERR_BAD_SIZE;
     const unsigned blocks = unsigned(ceil_div(p.num_gaussians, threads));
     records_kernel<T><<<blocks, threads, 0, stream>>>(p, records);
     GF_LAUNCH_CHECK(cuda_error);
@@ -413,6 +418,7 @@ gf_status launch_points(const gf_params &p, const Plan &plan,
                         int *cuda_error) {
     const int R = plan.points_r;
     const int warps = plan.points_warps;
+    if (!grid_fits(ceil_div(p.num_points, int64_t(kWarp) * R))) return GF_ERR_BAD_SIZE;
     const unsigned blocks = unsigned(ceil_div(p.num_points, int64_t(kWarp) * R));
     const size_t staging = size_t(warps) * kWarp * sizeof(typename Types<T>::rec);
     const size_t reduction = size_t(warps) * (kGradX ? 3 : 1) * kWarp * R * sizeof(T);
@@ -434,6 +440,7 @@ gf_status launch_gaussians(const gf_params &p, const Plan &plan,
                            cudaStream_t stream, int *cuda_error) {
     const int K = plan.gauss_k;
     const int warps = plan.gauss_warps;
+    if (!grid_fits(ceil_div(p.num_gaussians, int64_t(kWarp) * K))) return GF_ERR_BAD_SIZE;
     const dim3 grid(unsigned(ceil_div(p.num_gaussians, int64_t(kWarp) * K)),
                     unsigned(plan.chunks));
     const dim3 block(warps * kWarp);

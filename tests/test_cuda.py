@@ -104,3 +104,20 @@ def test_bitwise_deterministic(mode, deterministic):
         torch.use_deterministic_algorithms(before)
 
 
+
+
+def test_compiled_op_runs_on_the_current_stream():
+    """The same under torch.compile: the compiled graph launches on the side stream."""
+    ins = make_inputs(4000, 500, "full", torch.float32, "cuda", 46)
+    expected = gaussfield.gaussian_field(*ins)
+    torch._dynamo.reset()
+    fn = torch.compile(lambda x, m, c, w: gaussfield.gaussian_field(x, m, c, w) * 2.0, fullgraph=True)
+    torch.testing.assert_close(fn(*ins), 2.0 * expected, rtol=0, atol=0)  # compile first
+    torch.cuda.synchronize()
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        torch.cuda._sleep(50_000_000)
+        late = [t * 1.0 for t in ins]
+        got = fn(*late)
+    side.synchronize()
+    assert torch.equal(got, 2.0 * expected)
