@@ -16,8 +16,11 @@ setup:
 install: setup
 	$(PYTHON) -m pip install --no-build-isolation --no-deps .
 
+# in parallel where pytest-xdist is installed
+PYTEST_JOBS = $(shell $(PYTHON) -c "import xdist" >/dev/null 2>&1 && echo "-n 4")
+
 pytest: install
-	$(PYTHON) -m pytest -q tests
+	$(PYTHON) -m pytest -q $(PYTEST_JOBS) tests
 
 # C unit tests and the LibTorch example (build/ctest), and the C core's tests again
 # under AddressSanitizer + UndefinedBehaviorSanitizer (build/ctest-sanitize).
