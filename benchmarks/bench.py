@@ -177,10 +177,18 @@ def reps_for(peer, reps):
     return min(reps, 5) if peer == "loop" else reps
 
 
+def cpu_model():
+    try:
+        return next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
+                    if l.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def device_name(device):
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    return f"{cpu_model()} CPU, {torch.get_num_threads()} threads"
 
 
 def environment(device):
@@ -194,12 +202,6 @@ def environment(device):
     if device.type == "cuda":
         env["cuda"] = torch.version.cuda
         env["sm_count"] = torch.cuda.get_device_properties(device).multi_processor_count
-    else:
-        try:
-            env["cpu_model"] = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
-                                    if l.startswith("model name"))
-        except (OSError, StopIteration):
-            env["cpu_model"] = platform.processor()
     return env
 
 
