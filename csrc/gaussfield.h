@@ -127,8 +127,11 @@ gf_status gf_cpu_forward(const gf_params *params, int64_t begin, int64_t end);
 gf_status gf_cpu_backward_points(const gf_params *params, int64_t begin, int64_t end);
 
 /* Reads x, grad_out, means, cov, weights, records; writes rows [begin, end) of those of
- * grad_means, grad_cov and grad_weights that are not NULL. */
+ * grad_means, grad_cov and grad_weights that are not NULL.  The loop walks the points
+ * once per GF_CPU_GAUSSIAN_BLOCK Gaussians: ranges that start at multiples of it run
+ * fastest (any range gives the same result). */
 gf_status gf_cpu_backward_gaussians(const gf_params *params, int64_t begin, int64_t end);
+#define GF_CPU_GAUSSIAN_BLOCK 16
 
 /* Name of the CPU instruction set the kernels use on this machine ("avx512", "avx2",
  * "generic"); chosen once, at the first call, from what the processor supports. */

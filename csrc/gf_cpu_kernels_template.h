@@ -4,15 +4,18 @@
  * GF_FN (as in gf_math.h) and GF_KERNEL(name) (name + dtype + ISA suffix) defined.
  *
  * Vectorisation is left to the compiler, guided by `omp simd` (-fopenmp-simd: no OpenMP
- * runtime is linked); the pair maths is branch-free so whole loops vectorise.
+ * runtime is linked); the pair maths is branch-free so whole loops vectorise.  The
+ * vectorised loop is always the innermost one: gcc does not vectorise an outer loop
+ * around a scalar inner one, and pair terms come back by value, because a local array
+ * inside an `omp simd` body becomes a per-lane array in memory.
  *
- *  - forward and backward-points vectorise across points: a vector of points stays in
- *    registers while the loop runs over every Gaussian, whose record is broadcast.  Each
- *    point's sum runs over the Gaussians in index order, so the result does not depend
- *    on how the caller splits the points among threads.
- *  - backward-gaussians vectorises across a block of Gaussians (their records transposed
- *    to lanes): each lane walks a tile of points, summing in GF_T, and the tile sums are
- *    added in double in point order, so results do not depend on the thread split either.
+ *  - forward and backward-points: for each Gaussian in index order (its record
+ *    broadcast), a vector loop over a tile of GF_TILE points (SoA copies) adds into
+ *    per-point accumulators.  Each point's sum runs over the Gaussians in index order, so
+ *    the result does not depend on how the caller splits the points among threads.
+ *  - backward-gaussians: for each Gaussian, a vector loop with a `simd reduction` over a
+ *    tile of GF_BTILE points gives the tile's 10 sums in GF_T; tile sums are added in
+ *    double in point order, so the result does not depend on the split either.
  */
 
 typedef GF_TYPE(gf_record) GF_KERNEL(rec_t);
@@ -101,7 +104,7 @@ void GF_KERNEL(gf_backward_gaussians)(const gf_params *p, int64_t begin, int64_t
     GF_T *grad_weights = (GF_T *)p->grad_weights;
     const int ncov = (int)p->cov_mode;
     /* Gaussians per pass over the points: the point tile is loaded once per block. */
-    enum { BLOCK = 16 };
+    enum { BLOCK = GF_CPU_GAUSSIAN_BLOCK };
     GF_T px[GF_BTILE], py[GF_BTILE], pz[GF_BTILE], pg[GF_BTILE];
     double sums[BLOCK][GF_NUM_SUMS];
 

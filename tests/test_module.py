@@ -8,6 +8,13 @@ from conftest import DEVICES, MODES
 from notebook import FastLearnableGaussianField, LearnableGaussianField
 
 
+def loss_and_grads(model, x, target):
+    model.zero_grad()
+    loss = torch.nn.functional.mse_loss(model(x), target)
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+
 @pytest.mark.parametrize("full", [True, False])
 def test_same_initialisation_and_keys(full):
     torch.manual_seed(123)
@@ -49,16 +56,9 @@ def test_patched_forward_same_loss_and_grads(device, mode, cls, monkeypatch):
             p.add_(torch.randn_like(p) * 0.2)
     x = torch.rand(60, 3, device=device, dtype=torch.float64) * 10
     target = torch.rand(60, device=device, dtype=torch.float64)
-
-    def loss_and_grads():
-        model.zero_grad()
-        loss = torch.nn.functional.mse_loss(model(x), target)
-        loss.backward()
-        return loss.detach(), [p.grad.clone() for p in model.parameters()]
-
-    loss_ref, grads_ref = loss_and_grads()
+    loss_ref, grads_ref = loss_and_grads(model, x, target)
     monkeypatch.setattr(cls, "forward", gaussfield.fused_forward)
-    loss, grads = loss_and_grads()
+    loss, grads = loss_and_grads(model, x, target)
     torch.testing.assert_close(loss, loss_ref, rtol=1e-12, atol=0)
     for a, b in zip(grads, grads_ref):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-14)
@@ -102,16 +102,9 @@ def test_patched_forward_on_default_float32_module(device, cls, monkeypatch):
     assert model.cov_tril.dtype == torch.float64 and model.means.dtype == torch.float32
     x = torch.rand(60, 3, device=device) * 10
     target = torch.rand(60, device=device)
-
-    def loss_and_grads():
-        model.zero_grad()
-        loss = torch.nn.functional.mse_loss(model(x), target)
-        loss.backward()
-        return loss.detach(), [p.grad.clone() for p in model.parameters()]
-
-    loss_ref, grads_ref = loss_and_grads()
+    loss_ref, grads_ref = loss_and_grads(model, x, target)
     monkeypatch.setattr(cls, "forward", gaussfield.fused_forward)
-    loss, grads = loss_and_grads()
+    loss, grads = loss_and_grads(model, x, target)
     torch.testing.assert_close(loss, loss_ref, rtol=1e-5, atol=1e-7)
     for p, a, b in zip(model.parameters(), grads, grads_ref):
         assert a.dtype == p.dtype

@@ -53,18 +53,19 @@ BackwardResult gaussian_field_backward_cpu(const at::Tensor& grad_out, const at:
   Problem prob = make_problem(x, means, cov, weights, eps, grad_out);
   gf_params& p = prob.params;
   std::array<at::Tensor, 4> grads = allocate_grads(x, means, cov, weights, p, output_mask);
-  if (p.num_points > 0 && p.num_gaussians > 0) {
+  set_grad_outputs(p, grads);
+  const bool any_wanted = p.grad_x || p.grad_means || p.grad_cov || p.grad_weights;
+  if (p.num_points > 0 && p.num_gaussians > 0 && any_wanted) {
     at::Tensor records = records_for(p, x);
     p.records = records.data_ptr();
-    set_grad_outputs(p, grads);
     if (p.grad_x) {
       at::parallel_for(0, p.num_points, grain(p.num_gaussians), [&](int64_t begin, int64_t end) {
         check_status(gf_cpu_backward_points(&p, begin, end), "backward (points)");
       });
     }
     if (p.grad_means || p.grad_cov || p.grad_weights) {
-      // Split in blocks of 16 Gaussians, the lane block of the loops.
-      constexpr int64_t kBlock = 16;
+      // Split at the C core's block of Gaussians.
+      constexpr int64_t kBlock = GF_CPU_GAUSSIAN_BLOCK;
       const int64_t blocks = (p.num_gaussians + kBlock - 1) / kBlock;
       at::parallel_for(0, blocks, std::max<int64_t>(1, grain(p.num_points) / kBlock),
                        [&](int64_t begin, int64_t end) {

@@ -51,17 +51,16 @@ BackwardResult gaussian_field_backward_cuda(const at::Tensor& grad_out, const at
   Problem prob = make_problem(x, means, cov, weights, eps, grad_out);
   gf_params& p = prob.params;
   std::array<at::Tensor, 4> grads = allocate_grads(x, means, cov, weights, p, output_mask);
-  if (p.num_points > 0 && p.num_gaussians > 0) {
-    set_grad_outputs(p, grads);
-    if (p.grad_x || p.grad_means || p.grad_cov || p.grad_weights) {
-      const c10::cuda::CUDAGuard guard(x.device());
-      size_t bytes = 0;
-      at::Tensor workspace = workspace_for(p, true, x, &bytes);
-      int cuda_error = 0;
-      check_cuda(gf_cuda_backward(&p, workspace.data_ptr(), bytes,
-                                  c10::cuda::getCurrentCUDAStream().stream(), &cuda_error),
-                 cuda_error, "backward");
-    }
+  set_grad_outputs(p, grads);
+  const bool any_wanted = p.grad_x || p.grad_means || p.grad_cov || p.grad_weights;
+  if (p.num_points > 0 && p.num_gaussians > 0 && any_wanted) {
+    const c10::cuda::CUDAGuard guard(x.device());
+    size_t bytes = 0;
+    at::Tensor workspace = workspace_for(p, true, x, &bytes);
+    int cuda_error = 0;
+    check_cuda(gf_cuda_backward(&p, workspace.data_ptr(), bytes,
+                                c10::cuda::getCurrentCUDAStream().stream(), &cuda_error),
+               cuda_error, "backward");
   }
   return {grads[0], grads[1], grads[2], grads[3]};
 }
