@@ -1,5 +1,5 @@
 # The two commands of the README, and their parts.
-#   make bench   set up, build, benchmark against the notebook versions, train the example
+#   make bench   set up, build, train the example, benchmark against the notebook versions
 #   make test    set up, build, run every test (pytest, C unit tests plain and under
 #                ASan/UBSan, the LibTorch example)
 PYTHON ?= python3
@@ -36,8 +36,11 @@ ctest: setup
 test: pytest ctest
 
 bench: install
+	$(PYTHON) examples/train_end_to_end.py --out examples/results
 	$(PYTHON) benchmarks/bench.py --out benchmarks/results
-	cd examples && $(PYTHON) train_end_to_end.py
+	@echo
+	@echo "training: pictures (loss curve, central slice) and JSON in examples/results/"
+	@echo "benchmark: tables (.md), JSON and plots (.png) in benchmarks/results/"
 
 clean:
 	rm -rf build

@@ -9,6 +9,7 @@
 # sanitize  compute-sanitizer memcheck and racecheck on a forward + backward
 # sass      SASS of the kernels ($OUT/sass.txt) for reading off-line
 # bench     benchmarks/bench.py: peers and ours ($OUT/results/)
+# train     examples/train_end_to_end.py on the GPU ($OUT/train/, $OUT/train-small/)
 # sweep     ours under several launch configurations ($OUT/results/)
 # profile   where a small (B = 500, N = 1000) training step spends its time
 # diag      the CUDA machine's toolchain, and bad-input errors one case at a time
@@ -107,6 +108,15 @@ PY
     smi=$!
     run python3 benchmarks/bench.py --out "$OUT/results"
     kill $smi
+    ;;
+  train)
+    stage train
+    # the example at its GPU defaults, and batched against fused at the CPU defaults
+    run python3 examples/train_end_to_end.py --out "$OUT/train"
+    for impl in batched fused; do
+      run python3 examples/train_end_to_end.py --impl $impl --gaussians 2000 --batch 4096 --steps 300 \
+        --out "$OUT/train-small" --quiet
+    done
     nvidia-smi --query-gpu=clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv
     ;;
   ncu)

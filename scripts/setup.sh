@@ -11,6 +11,8 @@ have() { "$PY" -c "import $1" >/dev/null 2>&1; }
 have torch || missing+=("torch==2.13.0")
 have numpy || missing+=("numpy")
 have pytest || missing+=("pytest")
+have hypothesis || missing+=("hypothesis")
+have matplotlib || missing+=("matplotlib")  # the pictures of the example and the benchmark
 have scikit_build_core || missing+=("scikit-build-core>=0.10")
 command -v ninja >/dev/null 2>&1 || have ninja || missing+=("ninja")
 # CMake 3.24 or newer
