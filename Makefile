@@ -1,13 +1,13 @@
 # The two commands of the README, and their parts.
 #   make bench   set up, build, train the example, benchmark against the notebook versions
 #   make test    set up, build, run every test (pytest, C unit tests plain and under
-#                ASan/UBSan, the LibTorch example)
+#                ASan/UBSan, the LibTorch example, the C API's fuzz target)
 PYTHON ?= python3
 # (evaluated when used: setup may have just installed ninja)
 CTEST_FLAGS = $(if $(shell command -v ninja),-G Ninja,) -DGF_WITH_CUDA=OFF \
               -DPython3_EXECUTABLE=$(shell command -v $(PYTHON))
 
-.PHONY: setup install test pytest ctest bench clean
+.PHONY: setup install test pytest ctest fuzz bench clean
 
 setup:
 	PYTHON=$(PYTHON) ./scripts/setup.sh
@@ -33,7 +33,18 @@ ctest: setup
 	cmake --build build/ctest-sanitize
 	ctest --test-dir build/ctest-sanitize --output-on-failure
 
-test: pytest ctest
+# The fuzz target of the C API under ASan + UBSan (build/fuzz): libFuzzer where Clang is
+# installed, else a random-input driver; FUZZ_SECONDS long.
+FUZZ_SECONDS ?= 60
+FUZZ_CC = $(shell command -v clang || command -v clang-14 || command -v cc)
+
+fuzz: setup
+	CC=$(FUZZ_CC) cmake -S . -B build/fuzz $(CTEST_FLAGS) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	      -DGF_BUILD_TORCH=OFF -DGF_SANITIZE=ON -DGF_FUZZ=ON -DGF_FUZZ_SECONDS=$(FUZZ_SECONDS)
+	cmake --build build/fuzz
+	ctest --test-dir build/fuzz --output-on-failure
+
+test: pytest ctest fuzz
 
 bench: install
 	$(PYTHON) examples/train_end_to_end.py --out examples/results

@@ -2,11 +2,12 @@
 # One call on the GPU machine: build for sm_90, then the stages named on the command
 # line (default: all), everything logged under $OUT (the device tool brings it back).
 #
-#   bash benchmarks/gpu_session.sh build test sanitize sass bench sweep
+#   bash benchmarks/gpu_session.sh build test sanitize sass bench train sweep
 #
 # build     make install (pip drives CMake + nvcc)
 # test      make test: the README's test command (pytest with CUDA, ctest, sanitizers)
-# sanitize  compute-sanitizer memcheck and racecheck on a forward + backward
+# sanitize  compute-sanitizer memcheck, racecheck and initcheck: launch configurations
+#           and the edge-case suites (tests/test_reliability.py, tests/test_properties.py)
 # sass      SASS of the kernels ($OUT/sass.txt) for reading off-line
 # bench     benchmarks/bench.py: peers and ours ($OUT/results/)
 # train     examples/train_end_to_end.py on the GPU ($OUT/train/, $OUT/train-small/)
@@ -18,7 +19,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gaussfield-out}
 mkdir -p "$OUT/results"
 LOG="$OUT/session.log"
-stages=${*:-build test sanitize sass bench sweep}
+stages=${*:-build test sanitize sass bench train sweep}
 export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=9.0
 # The image has a second GCC in /opt/gcc whose libstdc++ is static-only: a library
 # linked by it carries a private C++ runtime (the build's check refuses it).  Build with
@@ -85,15 +86,23 @@ PY
   test)
     stage test
     # the README's test command, as on any machine (pytest, C unit tests, sanitizers)
-    run make test > "$OUT/pytest.txt"
+    run make test FUZZ_SECONDS=10 > "$OUT/pytest.txt"
     grep -E "passed|failed|error|tests passed|FAIL" "$OUT/pytest.txt" | tail -20; rm -f "$OUT/pytest.txt"
     ;;
   sanitize)
     stage sanitize
-    for tool in memcheck racecheck; do
+    # the launch configurations and partial tiles, then the edge-case suites on CUDA
+    # (all but the 8 GiB and 2.8e9-pair cases and the threads, too slow under the tools)
+    edge="cuda and not 2_to_the_31 and not threads"
+    for tool in memcheck racecheck initcheck; do
       run compute-sanitizer --tool $tool --error-exitcode 3 python3 tests/cuda_sanitize.py > "$OUT/san.txt"
-      tail -15 "$OUT/san.txt"; rm -f "$OUT/san.txt"
+      tail -4 "$OUT/san.txt"
+      files="tests/test_reliability.py"; [ $tool = racecheck ] || files="$files tests/test_properties.py"
+      run compute-sanitizer --tool $tool --error-exitcode 3 python3 -m pytest -q -p no:cacheprovider \
+        $files -k "$edge" > "$OUT/san-$tool.txt"
+      grep -E "ERROR SUMMARY|RACECHECK SUMMARY|passed|failed" "$OUT/san-$tool.txt" | tail -4
     done
+    rm -f "$OUT/san.txt"
     ;;
   sass)
     stage sass

@@ -20,6 +20,7 @@
 #ifndef GF_MATH_H
 #define GF_MATH_H
 
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>

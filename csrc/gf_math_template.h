@@ -95,6 +95,19 @@ GF_HD GF_T GF_FN(gf_exp2)(GF_T q) {
 #endif
 }
 
+/* v rounded to GF_T, saturating at the largest finite value: an inverse covariance
+ * entry that is finite in double stays finite in float (a Gaussian far narrower than
+ * float's range then still gives its weight at its mean and 0 elsewhere, as the double
+ * maths does).  Infinities and NaN pass through.  (Named with GF_TYPE: it differs
+ * between the types only in its return type, so C++ cannot overload it.) */
+GF_HD GF_T GF_TYPE(gf_narrow)(double v) {
+#if GF_T_IS_FLOAT
+    if (v > (double)FLT_MAX && v <= DBL_MAX) return FLT_MAX;
+    if (v < -(double)FLT_MAX && v >= -DBL_MAX) return -FLT_MAX;
+#endif
+    return (GF_T)v;
+}
+
 /* Fill record r for one Gaussian.  mean: 3 values `mean_stride` apart; cov: cov_mode
  * values `cov_stride` apart.  Runs once per Gaussian per call; the inverse is taken in
  * double and rounded once, to the record's type. */
@@ -111,15 +124,15 @@ GF_HD void GF_FN(gf_record_init)(GF_TYPE(gf_record) *r,
     r->my = mean[mean_stride];
     r->mz = mean[2 * mean_stride];
     r->w = weight;
-    r->axx = (GF_T)(s * p[GF_XX]);
-    r->ayy = (GF_T)(s * p[GF_YY]);
-    r->azz = (GF_T)(s * p[GF_ZZ]);
-    r->axy = (GF_T)(s * p[GF_XY]);
-    r->axz = (GF_T)(s * p[GF_XZ]);
-    r->ayz = (GF_T)(s * p[GF_YZ]);
-    r->bxy = (GF_T)(2.0 * s * p[GF_XY]);
-    r->bxz = (GF_T)(2.0 * s * p[GF_XZ]);
-    r->byz = (GF_T)(2.0 * s * p[GF_YZ]);
+    r->axx = GF_TYPE(gf_narrow)(s * p[GF_XX]);
+    r->ayy = GF_TYPE(gf_narrow)(s * p[GF_YY]);
+    r->azz = GF_TYPE(gf_narrow)(s * p[GF_ZZ]);
+    r->axy = GF_TYPE(gf_narrow)(s * p[GF_XY]);
+    r->axz = GF_TYPE(gf_narrow)(s * p[GF_XZ]);
+    r->ayz = GF_TYPE(gf_narrow)(s * p[GF_YZ]);
+    r->bxy = GF_TYPE(gf_narrow)(2.0 * s * p[GF_XY]);
+    r->bxz = GF_TYPE(gf_narrow)(2.0 * s * p[GF_XZ]);
+    r->byz = GF_TYPE(gf_narrow)(2.0 * s * p[GF_YZ]);
     r->pad0 = r->pad1 = r->pad2 = (GF_T)0;
 }
 

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -47,3 +49,14 @@ def rel_err(a, ref):
     a = a.detach().to(torch.float64).cpu()
     ref = ref.detach().to(torch.float64).cpu()
     return ((a - ref).norm() / ref.norm().clamp_min(1e-300)).item()
+
+
+# Property-based tests (hypothesis): a fixed, repeatable search by default; a longer,
+# random one with HYPOTHESIS_PROFILE=long.
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile("ci", max_examples=60, deadline=None, derandomize=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.differing_executors])
+settings.register_profile("long", max_examples=2000, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.differing_executors])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

@@ -55,6 +55,21 @@ def _backward(ctx, grad_out):
 torch.library.register_autograd(_FORWARD, _backward, setup_context=_setup_context)
 
 
+def _backward_is_not_differentiable(ctx, inputs, output):
+    # Runs when gaussian_field_backward is called with grad mode on and an input that
+    # requires grad (a direct call, or create_graph=True through gaussian_field): an
+    # error now, instead of outputs whose gradient would silently be missing.
+    raise RuntimeError(
+        "gaussfield: gaussian_field_backward is not differentiable (no double backward); "
+        "call it on tensors that do not require grad, or under torch.no_grad()"
+    )
+
+
+torch.library.register_autograd(
+    _BACKWARD, lambda ctx, *grads: None, setup_context=_backward_is_not_differentiable
+)
+
+
 def gaussian_field(
     x: Tensor, means: Tensor, cov: Tensor, weights: Tensor, *, eps: float = 1e-6
 ) -> Tensor:

@@ -4,8 +4,9 @@
  * parameters, Sigma^{-1} by Gauss-Jordan elimination, exp() from libm, gradients by
  * central differences.  Exit status 0 when every check passes.
  */
-#define _POSIX_C_SOURCE 200809L
+#define _DEFAULT_SOURCE /* MAP_ANONYMOUS, MAP_NORESERVE */
 #include <math.h>
+#include <sys/mman.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -400,6 +401,73 @@ static void test_range_split(int mode) {
     free_problem(&pr);
 }
 
+/* All four stages in float with every input's row stride above 2^31 elements, against
+ * the same problem laid out densely: bit for bit.  The strided inputs live in one
+ * 17 GB mapping with MAP_NORESERVE, of which only the pages touched take memory. */
+static void run_all_f32(gf_params p, float *out /* [B + 3B + N(3 + mode + 1)] */) {
+    const int64_t B = p.num_points, N = p.num_gaussians;
+    void *rec = aligned_alloc(64, gf_records_bytes(GF_FLOAT32, N) + 64);
+    p.records = rec;
+    p.out = out;
+    p.grad_x = out + B;
+    p.grad_means = out + 4 * B;
+    p.grad_cov = out + 4 * B + 3 * N;
+    p.grad_weights = out + 4 * B + (3 + p.cov_mode) * N;
+    CHECK(gf_cpu_precompute(&p, 0, N) == GF_OK, "precompute");
+    CHECK(gf_cpu_forward(&p, 0, B) == GF_OK, "forward");
+    CHECK(gf_cpu_backward_points(&p, 0, B) == GF_OK, "backward points");
+    CHECK(gf_cpu_backward_gaussians(&p, 0, N) == GF_OK, "backward gaussians");
+    free(rec);
+}
+
+static void test_strides_beyond_int32(int mode) {
+    if (sizeof(void *) < 8) return;
+    const int64_t B = 5, N = 4, big = (INT64_C(1) << 31) + 5;
+    const size_t bytes = sizeof(float) * (size_t)(4 * big + 64);
+    float *map = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (map == MAP_FAILED) {
+        printf("strides beyond 2^31: skipped (no 17 GB mapping here)\n");
+        return;
+    }
+    problem pr = make_problem((int)B, (int)N, mode);
+    float dense[5 * 3 + 4 * 3 + 4 * 6 + 4 + 5];
+    float *x = dense, *mu = x + 15, *cov = mu + 12, *w = cov + 24, *g = w + 4;
+    /* strided layout: x rows `big` apart; means columns `big` apart; cov rows `big`
+     * apart; weights and grad_out `big` apart, each array at its own offset */
+    float *sx = map, *smu = map + 16, *scov = map + 32, *sw = map + 48, *sg = map + 56;
+    for (int64_t i = 0; i < B; ++i) {
+        for (int k = 0; k < 3; ++k) sx[i * big + k] = x[i * 3 + k] = (float)pr.x[i * 3 + k];
+        sg[i * big] = g[i] = (float)pr.g[i];
+    }
+    for (int64_t n = 0; n < N; ++n) {
+        for (int k = 0; k < 3; ++k) smu[k * big + n] = mu[n * 3 + k] = (float)pr.mu[n * 3 + k];
+        for (int k = 0; k < mode; ++k) scov[n * big + k] = cov[n * mode + k] = (float)pr.cov[n * mode + k];
+        sw[n * big] = w[n] = (float)pr.w[n];
+    }
+    gf_params p = params_of(&pr, GF_FLOAT32, x, mu, cov, w, g);
+    float expect[5 * 4 + 4 * 10], got[5 * 4 + 4 * 10];
+    memset(expect, 0, sizeof expect);
+    memset(got, 0, sizeof got);
+    run_all_f32(p, expect);
+    p.x = sx;
+    p.x_stride[0] = big;
+    p.means = smu;
+    p.means_stride[0] = 1;
+    p.means_stride[1] = big;
+    p.cov = scov;
+    p.cov_stride[0] = big;
+    p.weights = sw;
+    p.weights_stride = big;
+    p.grad_out = sg;
+    p.grad_out_stride = big;
+    run_all_f32(p, got);
+    CHECK(memcmp(expect, got, sizeof(float) * (size_t)(4 * B + (4 + mode) * N)) == 0,
+          "strides beyond 2^31 change the result (mode %d)", mode);
+    munmap(map, bytes);
+    free_problem(&pr);
+}
+
 int main(void) {
     printf("isa: %s\n", gf_cpu_isa());
     test_status_strings();
@@ -411,6 +479,7 @@ int main(void) {
         test_forward(mode);
         test_backward(mode);
         test_range_split(mode);
+        test_strides_beyond_int32(mode);
     }
     if (failures) {
         fprintf(stderr, "%d check(s) failed\n", failures);

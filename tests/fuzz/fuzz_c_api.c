@@ -1,0 +1,178 @@
+/*
+ * fuzz_c_api.c - a fuzz target for the CPU half of the C API (libFuzzer entry point;
+ * standalone_main.c drives it where libFuzzer is not available).
+ *
+ * The input bytes choose a problem: dtype and cov_mode (valid or not), eps (any bits),
+ * sizes (also negative), a layout per input (dense, transposed, padded, broadcast, or a
+ * negative stride), which pointers are NULL, the ranges of each stage (also invalid),
+ * and the values of every input (any bits: NaN, Inf, subnormals, huge).  Every buffer
+ * is allocated with exactly the size its layout reaches, so AddressSanitizer sees any
+ * access outside it.  Checked, besides "no crash, no undefined behaviour":
+ *   - a call returns GF_OK exactly when its arguments are valid, else one of the
+ *     documented error statuses;
+ *   - the results do not depend on how the ranges are split (bit for bit).
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gaussfield.h"
+
+#define REQUIRE(c)                 \
+    do {                           \
+        if (!(c)) __builtin_trap(); \
+    } while (0)
+
+typedef struct {
+    const uint8_t *p;
+    size_t n;
+} bytes;
+
+static uint64_t take(bytes *in, int k) {
+    uint64_t v = 0;
+    for (int i = 0; i < k; ++i) {
+        v = (v << 8) | (in->n ? *in->p : 0);
+        if (in->n) {
+            ++in->p;
+            --in->n;
+        }
+    }
+    return v;
+}
+
+/* An input array [rows, cols] in one of five layouts; `elems` is how far it reaches. */
+typedef struct {
+    int64_t stride[2];
+    size_t elems;
+    int valid;
+} layout;
+
+static layout make_layout(int code, int64_t rows, int64_t cols) {
+    layout l = {{cols, 1}, 0, 1};
+    switch (code % 5) {
+    case 0: break;                                    /* dense */
+    case 1: l.stride[0] = 1; l.stride[1] = rows; break; /* transposed */
+    case 2: l.stride[0] = 2 * cols + 1; break;         /* padded rows */
+    case 3: l.stride[0] = 0; break;                    /* broadcast rows */
+    case 4: l.stride[0] = -1; l.valid = 0; break;      /* negative: invalid */
+    }
+    if (rows > 0 && cols > 0 && l.valid)
+        l.elems = (size_t)((rows - 1) * l.stride[0] + (cols - 1) * l.stride[1] + 1);
+    return l;
+}
+
+static void *fill(bytes *in, size_t elems, size_t size) {
+    unsigned char *buf = malloc(elems * size + 1);
+    for (size_t i = 0; i < elems * size; ++i) buf[i] = (unsigned char)take(in, 1);
+    return buf;
+}
+
+/* Runs the four stages over [0, B) and [0, N) cut at b_cut and n_cut; returns the
+ * status of the first call that fails, or GF_OK. */
+static gf_status run(gf_params *p, int64_t b_cut, int64_t n_cut) {
+    const int64_t B = p->num_points, N = p->num_gaussians;
+    const int64_t bs[3] = {0, b_cut, B}, ns[3] = {0, n_cut, N};
+    gf_status st;
+    for (int k = 0; k < 2; ++k)
+        if ((st = gf_cpu_precompute(p, ns[k], ns[k + 1])) != GF_OK) return st;
+    for (int k = 0; k < 2; ++k) {
+        if ((st = gf_cpu_forward(p, bs[k], bs[k + 1])) != GF_OK) return st;
+        if ((st = gf_cpu_backward_points(p, bs[k], bs[k + 1])) != GF_OK) return st;
+        if ((st = gf_cpu_backward_gaussians(p, ns[k], ns[k + 1])) != GF_OK) return st;
+    }
+    return GF_OK;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    bytes in = {data, size};
+    const uint64_t flags = take(&in, 4);
+    gf_params p;
+    memset(&p, 0, sizeof p);
+    const int dtype_code = (int)(flags % 3), mode_code = (int)((flags >> 2) % 3);
+    p.dtype = dtype_code == 2 ? (gf_dtype)7 : (gf_dtype)dtype_code;
+    p.cov_mode = mode_code == 0 ? GF_COV_DIAG : mode_code == 1 ? GF_COV_FULL : (gf_cov_mode)5;
+    if ((flags >> 4) & 1) {
+        uint64_t bits = take(&in, 8);
+        memcpy(&p.eps, &bits, sizeof p.eps);
+    } else {
+        p.eps = 1e-6;
+    }
+    const int64_t B = (int64_t)(take(&in, 1) % 40) - 2; /* -2 .. 37 */
+    const int64_t N = (int64_t)(take(&in, 1) % 24) - 2; /* -2 .. 21 */
+    p.num_points = B;
+    p.num_gaussians = N;
+    const int64_t Bp = B > 0 ? B : 0, Np = N > 0 ? N : 0;
+    const int cov_cols = p.cov_mode == GF_COV_FULL ? 6 : 3;
+    const int layouts = (int)take(&in, 2);
+    const layout lx = make_layout(layouts, Bp, 3), lm = make_layout(layouts / 5, Np, 3),
+                 lc = make_layout(layouts / 25, Np, cov_cols),
+                 lw = make_layout(layouts / 125, Np, 1), lg = make_layout(layouts / 625, Bp, 1);
+    p.x_stride[0] = lx.stride[0];
+    p.x_stride[1] = lx.stride[1];
+    p.means_stride[0] = lm.stride[0];
+    p.means_stride[1] = lm.stride[1];
+    p.cov_stride[0] = lc.stride[0];
+    p.cov_stride[1] = lc.stride[1];
+    p.weights_stride = lw.stride[0];
+    p.grad_out_stride = lg.stride[0];
+
+    const size_t es = p.dtype == GF_FLOAT32 ? 4 : 8; /* an unknown dtype reads nothing */
+    void *x = fill(&in, lx.elems, es), *mu = fill(&in, lm.elems, es), *cov = fill(&in, lc.elems, es),
+         *w = fill(&in, lw.elems, es), *g = fill(&in, lg.elems, es);
+    const uint64_t nulls = take(&in, 2);
+    p.x = (nulls & 1) ? NULL : x;
+    p.means = (nulls & 2) ? NULL : mu;
+    p.cov = (nulls & 4) ? NULL : cov;
+    p.weights = (nulls & 8) ? NULL : w;
+    p.grad_out = (nulls & 16) ? NULL : g;
+
+    const size_t out_elems = (size_t)(Bp * 4 + Np * (4 + cov_cols));
+    unsigned char *outs[2];
+    void *recs[2];
+    const int64_t b_cut = Bp ? (int64_t)(take(&in, 1) % (uint64_t)(Bp + 1)) : 0;
+    const int64_t n_cut = Np ? (int64_t)(take(&in, 1) % (uint64_t)(Np + 1)) : 0;
+    gf_status st[2];
+    for (int pass = 0; pass < 2; ++pass) {
+        outs[pass] = calloc(out_elems * es + 1, 1);
+        const size_t rb = gf_records_bytes(p.dtype, N);
+        recs[pass] = aligned_alloc(64, (rb + 63) / 64 * 64 + 64);
+        unsigned char *o = outs[pass];
+        p.records = (nulls & 32) ? NULL : recs[pass];
+        p.out = (nulls & 64) ? NULL : o;
+        p.grad_x = (nulls & 128) ? NULL : o + es * (size_t)Bp;
+        p.grad_means = (nulls & 256) ? NULL : o + es * (size_t)(4 * Bp);
+        p.grad_cov = (nulls & 512) ? NULL : o + es * (size_t)(4 * Bp + 3 * Np);
+        p.grad_weights = (nulls & 1024) ? NULL : o + es * (size_t)(4 * Bp + (3 + cov_cols) * Np);
+        /* pass 0 runs whole ranges, pass 1 the cut ones */
+        st[pass] = pass == 0 ? run(&p, Bp, Np) : run(&p, b_cut, n_cut);
+    }
+
+    /* GF_OK exactly when the problem is valid (NULL outputs of the backward are
+     * allowed; a NULL input or output that a non-empty stage needs is not). */
+    const int valid_common = dtype_code != 2 && mode_code != 2 &&
+                             p.eps >= 0.0 && p.eps <= 1.7976931348623157e308 && B >= 0 &&
+                             N >= 0 && lx.valid && lm.valid && lc.valid && lw.valid && lg.valid;
+    int needs_ok = 1;
+    if (N > 0 && (!p.means || !p.cov || !p.weights || !p.records)) needs_ok = 0;
+    if (B > 0 && (!p.x || !p.out)) needs_ok = 0;
+    if (B > 0 && N >= 0 && p.grad_x && !p.grad_out) needs_ok = 0;
+    if (B > 0 && N > 0 && (p.grad_means || p.grad_cov || p.grad_weights) && !p.grad_out) needs_ok = 0;
+    const int expect_ok = valid_common && needs_ok;
+    for (int pass = 0; pass < 2; ++pass) {
+        REQUIRE((st[pass] == GF_OK) == expect_ok);
+        REQUIRE(st[pass] >= GF_OK && st[pass] <= GF_ERR_SMALL_WORKSPACE);
+    }
+    REQUIRE(st[0] == st[1]);
+    if (expect_ok) REQUIRE(memcmp(outs[0], outs[1], out_elems * es) == 0);
+
+    for (int pass = 0; pass < 2; ++pass) {
+        free(outs[pass]);
+        free(recs[pass]);
+    }
+    free(x);
+    free(mu);
+    free(cov);
+    free(w);
+    free(g);
+    return 0;
+}
