@@ -92,7 +92,7 @@ PY
   sanitize)
     stage sanitize
     # the launch configurations and partial tiles, then the edge-case suites on CUDA
-    # (all but the 8 GiB and 2.8e9-pair cases and the threads, too slow under the tools)
+    # (all but the 16 GiB and 2.8e9-pair cases and the threads, too slow under the tools)
     edge="cuda and not 2_to_the_31 and not threads"
     for tool in memcheck racecheck initcheck; do
       run compute-sanitizer --tool $tool --error-exitcode 3 python3 tests/cuda_sanitize.py > "$OUT/san.txt"

@@ -233,13 +233,13 @@ def test_more_than_2_to_the_31_pairs(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_strides_beyond_2_to_the_31(device):
-    """Inputs whose strides exceed 2^31 elements (rows 2^31 + 7 floats apart in one 8 GiB
+    """Inputs whose strides exceed 2^31 elements (rows 2^31 + 7 floats apart in one 16 GiB
     buffer, of which only the few pages touched are ever written)."""
     big = 2**31 + 7
     try:
         buf = torch.empty(2 * big + 16, dtype=torch.float32, device=device)
     except (RuntimeError, torch.OutOfMemoryError) as e:
-        pytest.skip(f"no room for an 8 GiB buffer here: {e}")
+        pytest.skip(f"no room for a 16 GiB buffer here: {e}")
     x0, means0, cov0, weights0 = make_inputs(3, 3, "full", torch.float32, device, 6)
     x = buf.as_strided((3, 3), (big, 1))
     means = buf.as_strided((3, 3), (1, big), 4)
