@@ -208,8 +208,7 @@ def measure(peer, kind, B, N, device, seed=0):
 
 
 def ladder(device):
-    sizes = LADDER if device.type == "cuda" else [s for s in LADDER if s[0] * s[1] <= CPU_MAX_PAIRS]
-    return sizes
+    return LADDER if device.type == "cuda" else [s for s in LADDER if s[0] * s[1] <= CPU_MAX_PAIRS]
 
 
 def cap_cpu_memory(gb):

@@ -38,13 +38,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_out):
     x, means, cov, weights = ctx.saved_tensors
-    if torch.is_grad_enabled() and any(
-        t.requires_grad for t in (grad_out, x, means, cov, weights)
-    ):
-        raise RuntimeError(
-            "gaussfield: double backward (create_graph=True through gaussian_field) is not "
-            "supported"
-        )
+    # (with create_graph=True the backward op below raises: it is not differentiable)
     output_mask = list(ctx.needs_input_grad[:4])
     grads = torch.ops.gaussfield.gaussian_field_backward(
         grad_out, x, means, cov, weights, ctx.eps, output_mask
@@ -57,11 +51,13 @@ torch.library.register_autograd(_FORWARD, _backward, setup_context=_setup_contex
 
 def _backward_is_not_differentiable(ctx, inputs, output):
     # Runs when gaussian_field_backward is called with grad mode on and an input that
-    # requires grad (a direct call, or create_graph=True through gaussian_field): an
+    # requires grad (create_graph=True through gaussian_field, or a direct call): an
     # error now, instead of outputs whose gradient would silently be missing.
     raise RuntimeError(
-        "gaussfield: gaussian_field_backward is not differentiable (no double backward); "
-        "call it on tensors that do not require grad, or under torch.no_grad()"
+        "gaussfield: double backward is not supported: gaussian_field_backward is not "
+        "differentiable (create_graph=True through gaussian_field, or a call with inputs "
+        "that require grad); call it on tensors that do not require grad, or under "
+        "torch.no_grad()"
     )
 
 
