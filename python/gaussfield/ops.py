@@ -28,42 +28,119 @@ def _gaussian_field_backward_fake(grad_out, x, means, cov, weights, eps, output_
     )
 
 
-def _setup_context(ctx, inputs, output):
-    x, means, cov, weights, eps = inputs
-    # Only the inputs are saved: the backward recomputes every pair term, so memory
-    # stays O(B + N).
-    ctx.save_for_backward(x, means, cov, weights)
-    ctx.eps = eps
+class _GaussianFieldFunction(torch.autograd.Function):
+    """The Autograd kernel of ``gaussian_field``: forward redispatches below Autograd,
+    backward calls the backward op.  Registered for every call through the dispatcher
+    (``torch.ops`` included), so that forward mode, which ``register_autograd`` lets
+    through with its tangents silently dropped, reaches ``jvp`` below and raises."""
+
+    @staticmethod
+    def forward(x, means, cov, weights, eps):
+        with torch._C._AutoDispatchBelowAutograd():
+            return torch.ops.gaussfield.gaussian_field(x, means, cov, weights, eps)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, means, cov, weights, eps = inputs
+        # Only the inputs are saved: the backward recomputes every pair term, so memory
+        # stays O(B + N).
+        ctx.save_for_backward(x, means, cov, weights)
+        ctx.eps = eps
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, means, cov, weights = ctx.saved_tensors
+        # (with create_graph=True the backward op below raises: it is not differentiable)
+        output_mask = list(ctx.needs_input_grad[:4])
+        grads = torch.ops.gaussfield.gaussian_field_backward(
+            grad_out, x, means, cov, weights, ctx.eps, output_mask
+        )
+        return (*grads, None)
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        raise RuntimeError(FORWARD_MODE_UNSUPPORTED)
 
 
-def _backward(ctx, grad_out):
-    x, means, cov, weights = ctx.saved_tensors
-    # (with create_graph=True the backward op below raises: it is not differentiable)
-    output_mask = list(ctx.needs_input_grad[:4])
-    grads = torch.ops.gaussfield.gaussian_field_backward(
-        grad_out, x, means, cov, weights, ctx.eps, output_mask
-    )
-    return (*grads, None)
-
-
-torch.library.register_autograd(_FORWARD, _backward, setup_context=_setup_context)
-
-
-def _backward_is_not_differentiable(ctx, inputs, output):
-    # Runs when gaussian_field_backward is called with grad mode on and an input that
-    # requires grad (create_graph=True through gaussian_field, or a direct call): an
-    # error now, instead of outputs whose gradient would silently be missing.
-    raise RuntimeError(
-        "gaussfield: double backward is not supported: gaussian_field_backward is not "
-        "differentiable (create_graph=True through gaussian_field, or a call with inputs "
-        "that require grad); call it on tensors that do not require grad, or under "
-        "torch.no_grad()"
-    )
-
-
-torch.library.register_autograd(
-    _BACKWARD, lambda ctx, *grads: None, setup_context=_backward_is_not_differentiable
+FORWARD_MODE_UNSUPPORTED = (
+    "gaussfield: forward-mode AD (torch.autograd.forward_ad, torch.func.jvp, jacfwd, "
+    "hessian) is not supported by gaussian_field yet; use reverse mode (.backward(), "
+    "torch.autograd.grad, torch.func.grad / jacrev)"
 )
+
+
+FUNCTORCH_UNSUPPORTED = (
+    "gaussfield: torch.func.grad / jacrev / vjp through gaussian_field are not supported "
+    "yet; use torch.autograd.grad or .backward() (torch.func.vmap of the forward works)"
+)
+
+
+def _functorch_transforms():
+    """The torch.func transforms active around this call (empty outside any).  Private
+    API: if it moves in a later torch, no transform is reported and autograd.Function's
+    own checks apply."""
+    try:
+        from torch._C._functorch import TransformType
+        from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+        return {i.key() for i in retrieve_all_functorch_interpreters()}, TransformType
+    except (ImportError, AttributeError):  # pragma: no cover - depends on torch's internals
+        return set(), None
+
+
+@torch.library.impl(_FORWARD, "Autograd")
+def _gaussian_field_autograd(x, means, cov, weights, eps=1e-6):
+    transforms, kind = _functorch_transforms()
+    if kind is not None and kind.Jvp in transforms:
+        raise RuntimeError(FORWARD_MODE_UNSUPPORTED)
+    if kind is not None and kind.Grad in transforms:
+        raise RuntimeError(FUNCTORCH_UNSUPPORTED)
+    return _GaussianFieldFunction.apply(x, means, cov, weights, eps)
+
+
+DOUBLE_BACKWARD_UNSUPPORTED = (
+    "gaussfield: double backward is not supported: gaussian_field_backward is not "
+    "differentiable (create_graph=True through gaussian_field, or a call with inputs "
+    "that require grad); call it on tensors that do not require grad, or under "
+    "torch.no_grad()"
+)
+
+
+class _BackwardFunction(torch.autograd.Function):
+    """The Autograd kernel of ``gaussian_field_backward``: not differentiable in either
+    mode, and saying so, instead of outputs whose derivative would silently be missing."""
+
+    @staticmethod
+    def forward(grad_out, x, means, cov, weights, eps, output_mask):
+        with torch._C._AutoDispatchBelowAutograd():
+            return torch.ops.gaussfield.gaussian_field_backward(
+                grad_out, x, means, cov, weights, eps, output_mask
+            )
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(DOUBLE_BACKWARD_UNSUPPORTED)
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        raise RuntimeError(FORWARD_MODE_UNSUPPORTED)
+
+
+@torch.library.impl(_BACKWARD, "Autograd")
+def _gaussian_field_backward_autograd(grad_out, x, means, cov, weights, eps, output_mask):
+    inputs = (grad_out, x, means, cov, weights)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+        raise RuntimeError(DOUBLE_BACKWARD_UNSUPPORTED)
+    transforms, kind = _functorch_transforms()
+    if kind is not None and kind.Jvp in transforms:
+        raise RuntimeError(FORWARD_MODE_UNSUPPORTED)
+    if kind is not None and kind.Grad in transforms:
+        raise RuntimeError(FUNCTORCH_UNSUPPORTED)
+    return _BackwardFunction.apply(grad_out, x, means, cov, weights, eps, output_mask)
 
 
 def gaussian_field(
