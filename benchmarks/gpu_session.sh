@@ -13,6 +13,11 @@
 # train     examples/train_end_to_end.py on the GPU ($OUT/train/, $OUT/train-small/)
 # sweep     ours under several launch configurations ($OUT/results/)
 # profile   where a small (B = 500, N = 1000) training step spends its time
+# cudatest  pytest's CUDA cases only (-k cuda), quicker than `test`
+# sanquick  compute-sanitizer memcheck, racecheck and initcheck over tests/cuda_sanitize.py
+#           alone (launch configurations, channel blocks, cutoff), quicker than `sanitize`
+# maths     benchmarks/bench_maths.py: accuracy, exact op before/after (the previous
+#           build from .bench_old/, carried), channels, cutoff ($OUT/results/)
 # diag      the CUDA machine's toolchain, and bad-input errors one case at a time
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -149,6 +154,29 @@ PY
   profile)
     stage profile
     run python3 benchmarks/profile_small.py
+    ;;
+  cudatest)
+    stage cudatest
+    run python3 -m pytest -q -p no:cacheprovider tests -k "cuda" -x > "$OUT/pytest-cuda.txt"
+    grep -E "passed|failed|Error|error" "$OUT/pytest-cuda.txt" | tail -30
+    ;;
+  sanquick)
+    stage sanquick
+    for tool in memcheck racecheck initcheck; do
+      run compute-sanitizer --tool $tool --error-exitcode 3 python3 tests/cuda_sanitize.py > "$OUT/san.txt"
+      grep -E "ERROR SUMMARY|RACECHECK SUMMARY|all checks passed|Error" "$OUT/san.txt" | tail -4
+    done
+    rm -f "$OUT/san.txt"
+    ;;
+  maths)
+    stage maths
+    if [ -d .bench_old ]; then
+      (cd .bench_old && rm -rf build && python3 -m pip install -q --no-build-isolation --no-deps \
+        --target /tmp/oldpkg . > /tmp/old-build.log 2>&1) || { tail -30 /tmp/old-build.log; }
+      run python3 benchmarks/bench_maths.py --before /tmp/oldpkg --out "$OUT/results"
+    else
+      run python3 benchmarks/bench_maths.py --out "$OUT/results"
+    fi
     ;;
   sweep)
     stage sweep

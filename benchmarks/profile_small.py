@@ -75,7 +75,7 @@ rows = [
     ("train step, wall clock with sync", wall(step(model32))),
     ("forward op alone", med_ms(lambda: torch.ops.gaussfield.gaussian_field(x, means, cov, w, 1e-6))),
     ("backward op alone (means, cov, weights)", med_ms(
-        lambda: torch.ops.gaussfield.gaussian_field_backward(g, x, means, cov, w, 1e-6, [False, True, True, True]))),
+        lambda: torch.ops.gaussfield.gaussian_field_backward(g, x, means, cov, w, 1e-6, None, [False, True, True, True]))),
     ("mse forward+backward alone", med_ms(lambda: F.mse_loss(g.requires_grad_(), target).backward())),
 ]
 for name, ms in rows:

@@ -1,14 +1,18 @@
 /*
  * gaussfield.h - the C API of gaussfield.
  *
- * gaussfield evaluates a field of N anisotropic 3D Gaussians at B query points
+ * gaussfield evaluates a field of N anisotropic 3D Gaussians with C feature channels
+ * at B query points
  *
- *     f(x_b) = sum_n  w_n * exp(-0.5 * (x_b - mu_n)^T Sigma_n^{-1} (x_b - mu_n))
+ *     f(x_b)_c = sum_n  w_nc * exp(-q_bn / 2) * [q_bn <= k^2],
+ *     q_bn = (x_b - mu_n)^T Sigma_n^{-1} (x_b - mu_n) = |M_n (x_b - mu_n)|^2
  *
- * and the vector-Jacobian product of f with respect to the points, the means, the
- * covariance parameters and the weights, without ever materialising anything of size
- * B x N.  The covariance comes in one of two parameterisations, told apart by
- * gf_cov_mode (see below); the weights are raw (no normalisation constant).
+ * (M_n the whitening factor, chol(Sigma_n)^{-1}; k the cutoff, +inf by default) and the
+ * vector-Jacobian product of f with respect to the points, the means, the covariance
+ * parameters and the weights, without ever materialising anything of size B x N.  The
+ * covariance comes in one of two parameterisations, told apart by gf_cov_mode (see
+ * below); the weights are raw (no normalisation constant).  With a cutoff k,
+ * |f_k(x)_c - f(x)_c| <= exp(-k^2 / 2) sum_n |w_nc|.
  *
  * Conventions that hold for every function in this header:
  *
@@ -42,7 +46,8 @@ typedef enum gf_status {
     GF_ERR_BAD_COV_MODE = 4,  /* cov_mode is not one of gf_cov_mode */
     GF_ERR_BAD_EPS = 5,       /* eps is negative or not finite */
     GF_ERR_SMALL_WORKSPACE = 6, /* the workspace is smaller than *_bytes() reported */
-    GF_ERR_CUDA = 7           /* the CUDA runtime reported an error (see cuda_error) */
+    GF_ERR_CUDA = 7,          /* the CUDA runtime reported an error (see cuda_error) */
+    GF_ERR_BAD_CUTOFF = 8     /* cutoff is negative or NaN */
 } gf_status;
 
 /* A static, NUL-terminated English description of a status; never NULL. */
@@ -82,25 +87,28 @@ typedef struct gf_params {
     gf_dtype dtype;
     gf_cov_mode cov_mode;
     double eps;                 /* added to the diagonal of Sigma in GF_COV_FULL only */
+    double cutoff;              /* Mahalanobis radius k > 0: a pair with q > k^2 counts 0
+                                 * in the value and every gradient; 0 or +inf: none */
     int64_t num_points;         /* B >= 0 */
     int64_t num_gaussians;      /* N >= 0 */
+    int64_t num_channels;       /* C >= 1: weights [N, C], out [B, C] */
 
     const void *x;        int64_t x_stride[2];        /* [B, 3] query points */
     const void *means;    int64_t means_stride[2];    /* [N, 3] */
     const void *cov;      int64_t cov_stride[2];      /* [N, cov_mode] */
-    const void *weights;  int64_t weights_stride;     /* [N] */
-    const void *grad_out; int64_t grad_out_stride;    /* [B], backward only */
+    const void *weights;  int64_t weights_stride[2];  /* [N, C] */
+    const void *grad_out; int64_t grad_out_stride[2]; /* [B, C], backward only */
 
-    /* [N] per-Gaussian records (inverse covariance and folded constants), written by
+    /* [N] per-Gaussian records (mean, whitening factor, cutoff), written by
      * gf_cpu_precompute; gf_records_bytes() bytes, aligned to 64 bytes.  The CUDA
      * functions keep their records in their own workspace and ignore this field. */
     void *records;
 
-    void *out;            /* [B]     forward output */
+    void *out;            /* [B, C]  forward output */
     void *grad_x;         /* [B, 3]  backward outputs, each NULL when not wanted */
     void *grad_means;     /* [N, 3] */
     void *grad_cov;       /* [N, cov_mode] */
-    void *grad_weights;   /* [N] */
+    void *grad_weights;   /* [N, C] */
 } gf_params;
 
 /* Size in bytes of the records array for N Gaussians of the given dtype
@@ -117,7 +125,7 @@ size_t gf_records_bytes(gf_dtype dtype, int64_t num_gaussians);
  * bitwise reproducible whatever the thread count.
  * --------------------------------------------------------------------------------- */
 
-/* Reads means, cov, weights, eps; writes records[begin, end). */
+/* Reads means, cov, weights, eps, cutoff; writes records[begin, end). */
 gf_status gf_cpu_precompute(const gf_params *params, int64_t begin, int64_t end);
 
 /* Reads x, records; writes out[begin, end). */
@@ -128,10 +136,12 @@ gf_status gf_cpu_backward_points(const gf_params *params, int64_t begin, int64_t
 
 /* Reads x, grad_out, means, cov, weights, records; writes rows [begin, end) of those of
  * grad_means, grad_cov and grad_weights that are not NULL.  The loop walks the points
- * once per GF_CPU_GAUSSIAN_BLOCK Gaussians: ranges that start at multiples of it run
- * fastest (any range gives the same result). */
+ * once per GF_CPU_GAUSSIAN_BLOCK Gaussians (and, with more than GF_CPU_CHANNEL_BLOCK
+ * channels, once more per further block of channels): ranges that start at multiples
+ * of it run fastest (any range gives the same result). */
 gf_status gf_cpu_backward_gaussians(const gf_params *params, int64_t begin, int64_t end);
 #define GF_CPU_GAUSSIAN_BLOCK 16
+#define GF_CPU_CHANNEL_BLOCK 16
 
 /* Name of the CPU instruction set the kernels use on this machine ("avx512", "avx2",
  * "generic"); chosen once, at the first call, from what the processor supports. */
@@ -151,11 +161,11 @@ const char *gf_cpu_isa(void);
 gf_status gf_cuda_workspace_bytes(const gf_params *params, int backward, size_t *bytes,
                                   int *cuda_error);
 
-/* Reads x, means, cov, weights, eps; writes out. */
+/* Reads x, means, cov, weights, eps, cutoff; writes out. */
 gf_status gf_cuda_forward(const gf_params *params, void *workspace, size_t workspace_bytes,
                           void *stream, int *cuda_error);
 
-/* Reads x, grad_out, means, cov, weights, eps; writes the non-NULL gradients. */
+/* Reads x, grad_out, means, cov, weights, eps, cutoff; writes the non-NULL gradients. */
 gf_status gf_cuda_backward(const gf_params *params, void *workspace, size_t workspace_bytes,
                            void *stream, int *cuda_error);
 

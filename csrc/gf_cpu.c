@@ -21,6 +21,7 @@ const char *gf_status_string(gf_status status) {
     case GF_ERR_BAD_EPS: return "eps must be finite and >= 0";
     case GF_ERR_SMALL_WORKSPACE: return "workspace smaller than the reported size";
     case GF_ERR_CUDA: return "CUDA runtime error";
+    case GF_ERR_BAD_CUTOFF: return "cutoff must be >= 0 and not NaN (0 or +inf: no cutoff)";
     }
     return "unknown gaussfield status";
 }
@@ -39,10 +40,13 @@ gf_status gf_check_params(const gf_params *p) {
     if (p->dtype != GF_FLOAT32 && p->dtype != GF_FLOAT64) return GF_ERR_BAD_DTYPE;
     if (p->cov_mode != GF_COV_FULL && p->cov_mode != GF_COV_DIAG) return GF_ERR_BAD_COV_MODE;
     if (!(isfinite(p->eps) && p->eps >= 0.0)) return GF_ERR_BAD_EPS;
-    if (p->num_points < 0 || p->num_gaussians < 0) return GF_ERR_BAD_SIZE;
+    if (!(p->cutoff >= 0.0)) return GF_ERR_BAD_CUTOFF;
+    if (p->num_points < 0 || p->num_gaussians < 0 || p->num_channels < 1)
+        return GF_ERR_BAD_SIZE;
     if (p->x_stride[0] < 0 || p->x_stride[1] < 0 || p->means_stride[0] < 0 ||
         p->means_stride[1] < 0 || p->cov_stride[0] < 0 || p->cov_stride[1] < 0 ||
-        p->weights_stride < 0 || p->grad_out_stride < 0)
+        p->weights_stride[0] < 0 || p->weights_stride[1] < 0 || p->grad_out_stride[0] < 0 ||
+        p->grad_out_stride[1] < 0)
         return GF_ERR_BAD_SIZE;
     return GF_OK;
 }
@@ -97,21 +101,21 @@ gf_status gf_cpu_precompute(const gf_params *p, int64_t begin, int64_t end) {
     if (!p->means || !p->cov || !p->weights || !p->records) return GF_ERR_NULL_POINTER;
     const int64_t ms0 = p->means_stride[0], ms1 = p->means_stride[1];
     const int64_t cs0 = p->cov_stride[0], cs1 = p->cov_stride[1];
-    const int64_t ws = p->weights_stride;
+    const int64_t ws = p->weights_stride[0];
     if (p->dtype == GF_FLOAT32) {
         const float *m = (const float *)p->means, *c = (const float *)p->cov,
                     *w = (const float *)p->weights;
         gf_record_f32 *r = (gf_record_f32 *)p->records;
         for (int64_t g = begin; g < end; ++g)
             gf_record_init_f32(r + g, m + g * ms0, ms1, c + g * cs0, cs1, w[g * ws],
-                               p->cov_mode, p->eps);
+                               p->cov_mode, p->eps, p->cutoff);
     } else {
         const double *m = (const double *)p->means, *c = (const double *)p->cov,
                      *w = (const double *)p->weights;
         gf_record_f64 *r = (gf_record_f64 *)p->records;
         for (int64_t g = begin; g < end; ++g)
             gf_record_init_f64(r + g, m + g * ms0, ms1, c + g * cs0, cs1, w[g * ws],
-                               p->cov_mode, p->eps);
+                               p->cov_mode, p->eps, p->cutoff);
     }
     return GF_OK;
 }
@@ -122,6 +126,7 @@ gf_status gf_cpu_forward(const gf_params *p, int64_t begin, int64_t end) {
     if ((st = check_range(begin, end, p->num_points)) != GF_OK) return st;
     if (begin == end) return GF_OK;
     if (!p->out || !p->x || (p->num_gaussians > 0 && !p->records)) return GF_ERR_NULL_POINTER;
+    if (p->num_channels > 1 && p->num_gaussians > 0 && !p->weights) return GF_ERR_NULL_POINTER;
     cpu_kernels()->forward[p->dtype](p, begin, end);
     return GF_OK;
 }
@@ -133,6 +138,7 @@ gf_status gf_cpu_backward_points(const gf_params *p, int64_t begin, int64_t end)
     if (begin == end || !p->grad_x) return GF_OK;
     if (!p->x || !p->grad_out || (p->num_gaussians > 0 && !p->records))
         return GF_ERR_NULL_POINTER;
+    if (p->num_channels > 1 && p->num_gaussians > 0 && !p->weights) return GF_ERR_NULL_POINTER;
     cpu_kernels()->backward_points[p->dtype](p, begin, end);
     return GF_OK;
 }

@@ -13,12 +13,35 @@
  *    broadcast), a vector loop over a tile of GF_TILE points (SoA copies) adds into
  *    per-point accumulators.  Each point's sum runs over the Gaussians in index order, so
  *    the result does not depend on how the caller splits the points among threads.
+ *    With C > 1 channels the vector loop writes the tile's Gaussian values and a second
+ *    loop spreads them over the channels (forward) or the points' t = G . w (backward).
  *  - backward-gaussians: for each Gaussian, a vector loop with a `simd reduction` over a
- *    tile of GF_BTILE points gives the tile's 10 sums in GF_T; tile sums are added in
- *    double in point order, so the result does not depend on the split either.
+ *    tile of GF_BTILE points gives the tile's sums in GF_T; tile sums are added in
+ *    double in point order, so the result does not depend on the split either.  With
+ *    C > 1 channels the weights' gradient is summed GF_CPU_CHANNEL_BLOCK channels per
+ *    pass over the points.
  */
 
 typedef GF_TYPE(gf_record) GF_KERNEL(rec_t);
+
+/* The pair loops are written once with a kCutoff argument and called with a literal 0
+ * or 1 (GF_WITH_CUTOFF), so that the compiler makes one copy without the cutoff test
+ * (the same bits: see gf_pair_gauss) and one with it. */
+#ifndef GF_INLINE
+#if defined(__GNUC__)
+#define GF_INLINE static inline __attribute__((always_inline))
+#else
+#define GF_INLINE static inline
+#endif
+#define GF_WITH_CUTOFF(cut, call) \
+    do {                          \
+        if (cut) {                \
+            call(1);              \
+        } else {                  \
+            call(0);              \
+        }                         \
+    } while (0)
+#endif
 
 /* Points per tile in the forward and backward-points loops: the inner vectorised loop
  * runs over a tile with the Gaussian's record broadcast, its accumulators in L1. */
@@ -26,10 +49,11 @@ typedef GF_TYPE(gf_record) GF_KERNEL(rec_t);
 /* Points per tile in backward-gaussians: one horizontal reduction per tile. */
 #define GF_BTILE 512
 
-/* Copy points [b0, b0 + n) of x (and grad_out) into SoA arrays; pad to `padded` with
- * zeros so that vector loops can run over whole tiles (padded lanes are dropped). */
+/* Copy points [b0, b0 + n) of x (and channel c of grad_out) into SoA arrays; pad to
+ * `padded` with zeros so that vector loops can run over whole tiles (padded lanes are
+ * dropped, or add exactly 0 through a zero grad). */
 static void GF_KERNEL(load_points)(const gf_params *p, int64_t b0, int64_t n, int64_t padded,
-                                   GF_T *px, GF_T *py, GF_T *pz, GF_T *pg) {
+                                   GF_T *px, GF_T *py, GF_T *pz, GF_T *pg, int64_t c) {
     const GF_T *x = (const GF_T *)p->x;
     const int64_t s0 = p->x_stride[0], s1 = p->x_stride[1];
     for (int64_t i = 0; i < n; ++i) {
@@ -40,53 +64,133 @@ static void GF_KERNEL(load_points)(const gf_params *p, int64_t b0, int64_t n, in
     }
     for (int64_t i = n; i < padded; ++i) px[i] = py[i] = pz[i] = 0;
     if (pg) {
-        const GF_T *g = (const GF_T *)p->grad_out;
-        for (int64_t i = 0; i < n; ++i) pg[i] = g[(b0 + i) * p->grad_out_stride];
+        const GF_T *g = (const GF_T *)p->grad_out + c * p->grad_out_stride[1];
+        for (int64_t i = 0; i < n; ++i) pg[i] = g[(b0 + i) * p->grad_out_stride[0]];
         for (int64_t i = n; i < padded; ++i) pg[i] = 0;
+    }
+}
+
+/* t_i = sum_c G[b0 + i, c] w[n, c] for the n points of a tile (0 for padded lanes). */
+static void GF_KERNEL(load_dot)(const gf_params *p, int64_t b0, int64_t n, int64_t padded,
+                                int64_t gaussian, GF_T *t) {
+    const GF_T *g = (const GF_T *)p->grad_out;
+    const GF_T *w = (const GF_T *)p->weights + gaussian * p->weights_stride[0];
+    const int64_t gs0 = p->grad_out_stride[0], gs1 = p->grad_out_stride[1];
+    const int64_t ws1 = p->weights_stride[1];
+    const int64_t nc = p->num_channels;
+    for (int64_t i = 0; i < n; ++i) {
+        const GF_T *row = g + (b0 + i) * gs0;
+        GF_T acc = 0;
+        for (int64_t c = 0; c < nc; ++c) acc += row[c * gs1] * w[c * ws1];
+        t[i] = acc;
+    }
+    for (int64_t i = n; i < padded; ++i) t[i] = 0;
+}
+
+/* acc[i] (+)= w * g_i over a tile (w = 0 and assign: the Gaussian values alone). */
+GF_INLINE void GF_KERNEL(tile_values)(const GF_KERNEL(rec_t) *r, const GF_T *px, const GF_T *py,
+                                      const GF_T *pz, GF_T *acc, int accumulate, int kCutoff) {
+    if (accumulate) {
+        const GF_T w = r->w;
+#pragma omp simd
+        for (int i = 0; i < GF_TILE; ++i)
+            acc[i] += w * GF_FN(gf_pair_value)(r, px[i], py[i], pz[i], kCutoff);
+    } else {
+#pragma omp simd
+        for (int i = 0; i < GF_TILE; ++i)
+            acc[i] = GF_FN(gf_pair_value)(r, px[i], py[i], pz[i], kCutoff);
     }
 }
 
 void GF_KERNEL(gf_forward)(const gf_params *p, int64_t begin, int64_t end) {
     const GF_KERNEL(rec_t) *rec = (const GF_KERNEL(rec_t) *)p->records;
-    const int64_t num_gaussians = p->num_gaussians;
+    const int64_t num_gaussians = p->num_gaussians, nc = p->num_channels;
+    const int cut = gf_has_cutoff(p->cutoff);
     GF_T *out = (GF_T *)p->out;
     GF_T px[GF_TILE], py[GF_TILE], pz[GF_TILE], acc[GF_TILE];
     for (int64_t b0 = begin; b0 < end; b0 += GF_TILE) {
         const int64_t n = end - b0 < GF_TILE ? end - b0 : GF_TILE;
-        GF_KERNEL(load_points)(p, b0, n, GF_TILE, px, py, pz, 0);
-        for (int i = 0; i < GF_TILE; ++i) acc[i] = 0;
-        for (int64_t g = 0; g < num_gaussians; ++g) {
-            const GF_KERNEL(rec_t) r = rec[g];
-#pragma omp simd
-            for (int i = 0; i < GF_TILE; ++i) acc[i] += GF_FN(gf_pair_value)(&r, px[i], py[i], pz[i]);
+        GF_KERNEL(load_points)(p, b0, n, GF_TILE, px, py, pz, 0, 0);
+        if (nc == 1) {
+            for (int i = 0; i < GF_TILE; ++i) acc[i] = 0;
+            for (int64_t g = 0; g < num_gaussians; ++g) {
+#define GF_CALL(k) GF_KERNEL(tile_values)(rec + g, px, py, pz, acc, 1, k)
+                GF_WITH_CUTOFF(cut, GF_CALL);
+#undef GF_CALL
+            }
+            for (int64_t i = 0; i < n; ++i) out[b0 + i] = acc[i];
+            continue;
         }
-        for (int64_t i = 0; i < n; ++i) out[b0 + i] = acc[i];
+        /* channels: the output rows of the tile are the accumulators */
+        GF_T *rows = out + b0 * nc;
+        for (int64_t k = 0; k < n * nc; ++k) rows[k] = 0;
+        const GF_T *weights = (const GF_T *)p->weights;
+        const int64_t ws0 = p->weights_stride[0], ws1 = p->weights_stride[1];
+        for (int64_t g = 0; g < num_gaussians; ++g) {
+#define GF_CALL(k) GF_KERNEL(tile_values)(rec + g, px, py, pz, acc, 0, k)
+            GF_WITH_CUTOFF(cut, GF_CALL);
+#undef GF_CALL
+            const GF_T *w = weights + g * ws0;
+            for (int64_t i = 0; i < n; ++i) {
+                const GF_T v = acc[i];
+                GF_T *row = rows + i * nc;
+                for (int64_t c = 0; c < nc; ++c) row[c] += v * w[c * ws1];
+            }
+        }
+    }
+}
+
+/* v (+)= t_i g_i M'^T u'_i over a tile, t_i = w (pt NULL) or pt[i]. */
+GF_INLINE void GF_KERNEL(tile_point_vjp)(const GF_KERNEL(rec_t) *r, const GF_T *px,
+                                         const GF_T *py, const GF_T *pz, const GF_T *pt,
+                                         GF_T *vx, GF_T *vy, GF_T *vz, int kCutoff) {
+    if (!pt) {
+        const GF_T w = r->w;
+#pragma omp simd
+        for (int i = 0; i < GF_TILE; ++i) {
+            const GF_TYPE(gf_point_terms) v =
+                GF_FN(gf_pair_vjp_point)(r, px[i], py[i], pz[i], kCutoff);
+            const GF_T s = w * v.g;
+            vx[i] += s * v.vx;
+            vy[i] += s * v.vy;
+            vz[i] += s * v.vz;
+        }
+    } else {
+#pragma omp simd
+        for (int i = 0; i < GF_TILE; ++i) {
+            const GF_TYPE(gf_point_terms) v =
+                GF_FN(gf_pair_vjp_point)(r, px[i], py[i], pz[i], kCutoff);
+            const GF_T s = pt[i] * v.g;
+            vx[i] += s * v.vx;
+            vy[i] += s * v.vy;
+            vz[i] += s * v.vz;
+        }
     }
 }
 
 void GF_KERNEL(gf_backward_points)(const gf_params *p, int64_t begin, int64_t end) {
     const GF_KERNEL(rec_t) *rec = (const GF_KERNEL(rec_t) *)p->records;
-    const int64_t num_gaussians = p->num_gaussians;
+    const int64_t num_gaussians = p->num_gaussians, nc = p->num_channels;
+    const int cut = gf_has_cutoff(p->cutoff);
     GF_T *grad_x = (GF_T *)p->grad_x;
-    GF_T px[GF_TILE], py[GF_TILE], pz[GF_TILE], pg[GF_TILE];
+    GF_T px[GF_TILE], py[GF_TILE], pz[GF_TILE], pg[GF_TILE], pt[GF_TILE];
     GF_T vx[GF_TILE], vy[GF_TILE], vz[GF_TILE];
-    const GF_T two_ln2 = (GF_T)(2.0 * GF_LN2);
+    const GF_T minus_two_ln2 = (GF_T)(-GF_TWO_LN2);
     for (int64_t b0 = begin; b0 < end; b0 += GF_TILE) {
         const int64_t n = end - b0 < GF_TILE ? end - b0 : GF_TILE;
-        GF_KERNEL(load_points)(p, b0, n, GF_TILE, px, py, pz, pg);
+        GF_KERNEL(load_points)(p, b0, n, GF_TILE, px, py, pz, nc == 1 ? pg : 0, 0);
         for (int i = 0; i < GF_TILE; ++i) vx[i] = vy[i] = vz[i] = 0;
         for (int64_t g = 0; g < num_gaussians; ++g) {
-            const GF_KERNEL(rec_t) r = rec[g];
-#pragma omp simd
-            for (int i = 0; i < GF_TILE; ++i) {
-                const GF_TYPE(gf_vec3) v = GF_FN(gf_pair_vjp_point)(&r, px[i], py[i], pz[i]);
-                vx[i] += v.x;
-                vy[i] += v.y;
-                vz[i] += v.z;
-            }
+            /* t = G . w per point for this Gaussian; with one channel, w here and G at
+             * the end */
+            if (nc > 1) GF_KERNEL(load_dot)(p, b0, n, GF_TILE, g, pt);
+#define GF_CALL(k) \
+    GF_KERNEL(tile_point_vjp)(rec + g, px, py, pz, nc > 1 ? pt : 0, vx, vy, vz, k)
+            GF_WITH_CUTOFF(cut, GF_CALL);
+#undef GF_CALL
         }
         for (int64_t i = 0; i < n; ++i) {
-            const GF_T scale = two_ln2 * pg[i];
+            const GF_T scale = nc == 1 ? minus_two_ln2 * pg[i] : minus_two_ln2;
             grad_x[3 * (b0 + i) + 0] = scale * vx[i];
             grad_x[3 * (b0 + i) + 1] = scale * vy[i];
             grad_x[3 * (b0 + i) + 2] = scale * vz[i];
@@ -94,70 +198,151 @@ void GF_KERNEL(gf_backward_points)(const gf_params *p, int64_t begin, int64_t en
     }
 }
 
-void GF_KERNEL(gf_backward_gaussians)(const gf_params *p, int64_t begin, int64_t end) {
+/* One Gaussian over a tile of `padded` points: its geometric sums s[0..8] (GF_T) and,
+ * with gv NULL, the sum of G g in *sw; else g per point in gv (for the channels). */
+GF_INLINE void GF_KERNEL(tile_gaussian_sums)(const GF_KERNEL(rec_t) *r, int64_t padded,
+                                             const GF_T *px, const GF_T *py, const GF_T *pz,
+                                             const GF_T *pg, const GF_T *pt, GF_T *gv,
+                                             GF_T s[GF_NUM_SUMS], GF_T *sw, int kCutoff) {
+    /* one scalar per sum: `omp simd` keeps each in a vector register (an array here
+     * would live in memory, a copy per lane) */
+    GF_T s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0, s8 = 0, s9 = 0;
+    if (!gv) {
+        /* one channel: t = G, the weight is applied to the sums in double */
+#pragma omp simd reduction(+ : s0, s1, s2, s3, s4, s5, s6, s7, s8, s9)
+        for (int64_t i = 0; i < padded; ++i) {
+            const GF_TYPE(gf_pair_terms) c =
+                GF_FN(gf_pair_vjp_gaussian)(r, px[i], py[i], pz[i], pg[i], pg[i], kCutoff);
+            s9 += c.gg;
+            s0 += c.tux;
+            s1 += c.tuy;
+            s2 += c.tuz;
+            s3 += c.txx;
+            s4 += c.tyy;
+            s5 += c.tzz;
+            s6 += c.txy;
+            s7 += c.txz;
+            s8 += c.tyz;
+        }
+    } else {
+#pragma omp simd reduction(+ : s0, s1, s2, s3, s4, s5, s6, s7, s8)
+        for (int64_t i = 0; i < padded; ++i) {
+            const GF_TYPE(gf_pair_terms) c =
+                GF_FN(gf_pair_vjp_gaussian)(r, px[i], py[i], pz[i], (GF_T)1, pt[i], kCutoff);
+            gv[i] = c.gg;
+            s0 += c.tux;
+            s1 += c.tuy;
+            s2 += c.tuz;
+            s3 += c.txx;
+            s4 += c.tyy;
+            s5 += c.tzz;
+            s6 += c.txy;
+            s7 += c.txz;
+            s8 += c.tyz;
+        }
+    }
+    s[0] = s0;
+    s[1] = s1;
+    s[2] = s2;
+    s[3] = s3;
+    s[4] = s4;
+    s[5] = s5;
+    s[6] = s6;
+    s[7] = s7;
+    s[8] = s8;
+    *sw = s9;
+}
+
+/* The geometric sums of Gaussians [g0, g0 + ng) over every point (with one channel,
+ * with t = G, and the weight's gradient in wsum[j][0]); with C > 1 channels, the
+ * weights' gradient of channels [c0, c0 + ncb) in wsum, and the geometric sums only
+ * when `geometry` is set. */
+static void GF_KERNEL(gaussian_sums)(const gf_params *p, int64_t g0, int64_t ng, int geometry,
+                                     int64_t c0, int64_t ncb,
+                                     double sums[GF_CPU_GAUSSIAN_BLOCK][GF_NUM_SUMS],
+                                     double wsum[GF_CPU_GAUSSIAN_BLOCK][GF_CPU_CHANNEL_BLOCK]) {
     const GF_KERNEL(rec_t) *rec = (const GF_KERNEL(rec_t) *)p->records;
-    const int64_t num_points = p->num_points;
+    const int64_t num_points = p->num_points, nc = p->num_channels;
+    const int cut = gf_has_cutoff(p->cutoff);
+    GF_T px[GF_BTILE], py[GF_BTILE], pz[GF_BTILE], pg[GF_BTILE], pt[GF_BTILE], gv[GF_BTILE];
+    GF_T s[GF_NUM_SUMS], sw;
+    for (int64_t b0 = 0; b0 < num_points; b0 += GF_BTILE) {
+        const int64_t n = num_points - b0 < GF_BTILE ? num_points - b0 : GF_BTILE;
+        /* padded points have grad 0, so they add exactly 0 to every sum */
+        const int64_t padded = (n + 15) & ~(int64_t)15;
+        GF_KERNEL(load_points)(p, b0, n, padded, px, py, pz, nc == 1 ? pg : 0, 0);
+        for (int64_t j = 0; j < ng; ++j) {
+            if (nc == 1) {
+#define GF_CALL(k) GF_KERNEL(tile_gaussian_sums)(rec + g0 + j, padded, px, py, pz, pg, 0, 0, s, &sw, k)
+                GF_WITH_CUTOFF(cut, GF_CALL);
+#undef GF_CALL
+                wsum[j][0] += sw;
+            } else {
+                if (geometry) GF_KERNEL(load_dot)(p, b0, n, padded, g0 + j, pt);
+                else
+                    for (int64_t i = 0; i < padded; ++i) pt[i] = 0;
+#define GF_CALL(k) GF_KERNEL(tile_gaussian_sums)(rec + g0 + j, padded, px, py, pz, 0, pt, gv, s, &sw, k)
+                GF_WITH_CUTOFF(cut, GF_CALL);
+#undef GF_CALL
+                /* the weights' gradient of this block of channels: sum_i G[i, c] g_i */
+                const GF_T *grad = (const GF_T *)p->grad_out;
+                const int64_t gs0 = p->grad_out_stride[0], gs1 = p->grad_out_stride[1];
+                for (int64_t c = 0; c < ncb; ++c) {
+                    const GF_T *col = grad + (c0 + c) * gs1 + b0 * gs0;
+                    GF_T acc = 0;
+                    for (int64_t i = 0; i < n; ++i) acc += gv[i] * col[i * gs0];
+                    wsum[j][c] += acc;
+                }
+            }
+            if (geometry)
+                for (int k = 0; k < GF_NUM_SUMS; ++k) sums[j][k] += s[k];
+        }
+    }
+}
+
+void GF_KERNEL(gf_backward_gaussians)(const gf_params *p, int64_t begin, int64_t end) {
     const GF_T *cov = (const GF_T *)p->cov;
     const GF_T *weights = (const GF_T *)p->weights;
     GF_T *grad_means = (GF_T *)p->grad_means;
     GF_T *grad_cov = (GF_T *)p->grad_cov;
     GF_T *grad_weights = (GF_T *)p->grad_weights;
     const int ncov = (int)p->cov_mode;
+    const int64_t nc = p->num_channels;
+    const int geometry = grad_means || grad_cov;
     /* Gaussians per pass over the points: the point tile is loaded once per block. */
-    enum { BLOCK = GF_CPU_GAUSSIAN_BLOCK };
-    GF_T px[GF_BTILE], py[GF_BTILE], pz[GF_BTILE], pg[GF_BTILE];
+    enum { BLOCK = GF_CPU_GAUSSIAN_BLOCK, CBLOCK = GF_CPU_CHANNEL_BLOCK };
     double sums[BLOCK][GF_NUM_SUMS];
+    double wsum[BLOCK][CBLOCK];
 
     for (int64_t g0 = begin; g0 < end; g0 += BLOCK) {
         const int64_t ng = end - g0 < BLOCK ? end - g0 : BLOCK;
         for (int64_t j = 0; j < ng; ++j)
             for (int k = 0; k < GF_NUM_SUMS; ++k) sums[j][k] = 0.0;
-        for (int64_t b0 = 0; b0 < num_points; b0 += GF_BTILE) {
-            const int64_t n = num_points - b0 < GF_BTILE ? num_points - b0 : GF_BTILE;
-            /* padded points have grad 0, so they add exactly 0 to every sum */
-            const int64_t padded = (n + 15) & ~(int64_t)15;
-            GF_KERNEL(load_points)(p, b0, n, padded, px, py, pz, pg);
-            for (int64_t j = 0; j < ng; ++j) {
-                const GF_KERNEL(rec_t) r = rec[g0 + j];
-                /* one scalar per sum: `omp simd` keeps each in a vector register
-                 * (an array here would live in memory, a copy per lane) */
-                GF_T s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0, s8 = 0,
-                     s9 = 0;
-#pragma omp simd reduction(+ : s0, s1, s2, s3, s4, s5, s6, s7, s8, s9)
-                for (int64_t i = 0; i < padded; ++i) {
-                    const GF_TYPE(gf_pair_terms) c =
-                        GF_FN(gf_pair_vjp_gaussian)(&r, px[i], py[i], pz[i], pg[i]);
-                    s0 += c.t;
-                    s1 += c.tdx;
-                    s2 += c.tdy;
-                    s3 += c.tdz;
-                    s4 += c.txx;
-                    s5 += c.tyy;
-                    s6 += c.tzz;
-                    s7 += c.txy;
-                    s8 += c.txz;
-                    s9 += c.tyz;
-                }
-                double *acc = sums[j];
-                acc[0] += s0;
-                acc[1] += s1;
-                acc[2] += s2;
-                acc[3] += s3;
-                acc[4] += s4;
-                acc[5] += s5;
-                acc[6] += s6;
-                acc[7] += s7;
-                acc[8] += s8;
-                acc[9] += s9;
-            }
+        /* one pass per block of channels (one pass in all with one channel); the
+         * geometric sums ride along the first */
+        const int64_t passes = nc == 1 ? 1 : (nc + CBLOCK - 1) / CBLOCK;
+        for (int64_t pass = 0; pass < passes; ++pass) {
+            const int64_t c0 = pass * CBLOCK;
+            const int64_t ncb = nc - c0 < CBLOCK ? nc - c0 : CBLOCK;
+            const int first = pass == 0;
+            if (!first && !grad_weights) break;
+            for (int64_t j = 0; j < ng; ++j)
+                for (int k = 0; k < CBLOCK; ++k) wsum[j][k] = 0.0;
+            GF_KERNEL(gaussian_sums)(p, g0, ng, first && geometry, c0, ncb, sums, wsum);
+            if (grad_weights)
+                for (int64_t j = 0; j < ng; ++j)
+                    for (int64_t c = 0; c < ncb; ++c)
+                        grad_weights[(g0 + j) * nc + c0 + c] = (GF_T)wsum[j][c];
         }
+        if (!geometry) continue;
         for (int64_t j = 0; j < ng; ++j) {
             const int64_t g = g0 + j;
-            GF_FN(gf_gaussian_vjp_store)(
-                sums[j], cov + g * p->cov_stride[0], p->cov_stride[1],
-                weights[g * p->weights_stride], p->cov_mode, p->eps,
-                grad_means ? grad_means + 3 * g : 0, grad_cov ? grad_cov + ncov * g : 0,
-                grad_weights ? grad_weights + g : 0);
+            /* with one channel the pairs' t was G alone: the weight comes in here */
+            const double scale = nc == 1 ? (double)weights[g * p->weights_stride[0]] : 1.0;
+            GF_FN(gf_gaussian_vjp_store)(sums[j], scale, cov + g * p->cov_stride[0],
+                                         p->cov_stride[1], p->cov_mode, p->eps,
+                                         grad_means ? grad_means + 3 * g : 0,
+                                         grad_cov ? grad_cov + ncov * g : 0);
         }
     }
 }

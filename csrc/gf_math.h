@@ -5,17 +5,27 @@
  * Two levels:
  *
  *  - Per Gaussian, in double whatever the data type (it runs N times per call, not
- *    B x N times): the inverse covariance from the cov_tril / log_scales parameters,
- *    and the chain rule from the pair sums back to mean, parameters and weight.
+ *    B x N times): the covariance front-ends (cov_tril, log_scales) that give Sigma and
+ *    the whitening factor M (lower triangular, Sigma^{-1} = M^T M, M = chol(Sigma)^{-1}),
+ *    and the chain rule from the pair sums back to mean and covariance parameters.
+ *    A front-end is two functions: parameters -> (Sigma, M), and grad_Sigma -> grad of
+ *    the parameters.  The pair maths never sees the parameterisation.
  *
  *  - Per (point, Gaussian) pair, in the data type T: gf_math_template.h, included
- *    below once for float (suffix _f32) and once for double (suffix _f64).
+ *    below once for float (suffix _f32) and once for double (suffix _f64).  It sees a
+ *    record per Gaussian holding (mean, weight, M, cutoff) only.
  *
- * The pair maths works on a "record" per Gaussian that folds the constants in:
+ * Whitening.  The exponent is q = |M d|^2 with d = x - mu: a sum of three squares,
+ * never negative, and without the cancellation of d^T Sigma^{-1} d, whose terms are of
+ * size |Sigma^{-1}| |d|^2 (1 / sigma_min^2) where u = M d has terms of size
+ * 1 / sigma_min only.  The record holds M' = a M with a = sqrt(log2(e) / 2), so that
+ * exp(-q / 2) = 2^(-|M' d|^2): a bare exp2 (one MUFU.EX2 on the GPU).  Primed
+ * quantities below (u' = M' d, q' = |u'|^2) are in these folded units.
  *
- *     A = -(log2 e) / 2 * Sigma^{-1},   so   exp(-0.5 d^T Sigma^{-1} d) = 2^(d^T A d)
- *
- * which turns the exponential into a bare exp2 (one MUFU.EX2 on the GPU).
+ * Cutoff.  With a Mahalanobis radius k, a pair counts iff q <= k^2, i.e. the exponent
+ * e = -q' >= -a^2 k^2 (the record's nkq; -inf without a cutoff).  gf_pair_keep decides
+ * it from e, which gf_pair_whiten computes with its contraction pinned (gf_fma), so the
+ * forward and every backward kernel on one device decide the same pair set.
  */
 #ifndef GF_MATH_H
 #define GF_MATH_H
@@ -33,143 +43,186 @@
 #define GF_HD static inline
 #endif
 
-/* log2(e) / 2 and ln(2), to double precision. */
+/* a^2 = log2(e) / 2, a = sqrt(log2(e) / 2), and 1 / a^2 = 2 ln 2, to double precision. */
 #define GF_HALF_LOG2E 0.72134752044448170368
-#define GF_LN2 0.69314718055994530942
+#define GF_SQRT_HALF_LOG2E 0.84932180028801904272
+#define GF_TWO_LN2 1.38629436111989061883
 
 /* Symmetric 3x3 matrices are stored as their 6 unique entries in this order. */
 enum { GF_XX = 0, GF_YY = 1, GF_ZZ = 2, GF_XY = 3, GF_XZ = 4, GF_YZ = 5 };
+/* Lower-triangular 3x3 matrices (L, M) as their 6 entries in row order. */
+enum { GF_L00 = 0, GF_L10 = 1, GF_L11 = 2, GF_L20 = 3, GF_L21 = 4, GF_L22 = 5 };
 
-/* The 10 per-Gaussian pair sums that the backward accumulates over points, for
- * g = exp(-0.5 d^T P d), d = x - mu, G = grad_out at the point:
- *     [0] sum G g,   [1..3] sum G g d,   [4..9] sum G g d d^T (GF_XX..GF_YZ order) */
-#define GF_NUM_SUMS 10
+/* The per-Gaussian sums that the backward accumulates over points (folded units), for
+ * a pair with value g (0 outside the cutoff), u' = M' d and t = sum_c G_c w_c (grad_out
+ * times weight, summed over channels):
+ *     [0..2] sum t g u',   [3..8] sum t g u' u'^T (GF_XX..GF_YZ order).
+ * The weights' gradient, sum G_c g per channel, is summed beside them. */
+#define GF_NUM_SUMS 9
 
-/* The lower-triangular factor L of a GF_COV_FULL Gaussian from its 6 parameters,
- * as (l00, l10, l11, l20, l21, l22). */
+/* ---- front-ends: covariance parameters -> Sigma ----------------------------------- */
+
+/* The lower-triangular factor L of a GF_COV_FULL Gaussian from its 6 parameters. */
 GF_HD void gf_cholesky_factor(const double c[6], double l[6]) {
-    l[0] = exp(c[0]);
-    l[1] = c[1];
-    l[2] = exp(c[2]);
-    l[3] = c[3];
-    l[4] = c[4];
-    l[5] = exp(c[5]);
+    l[GF_L00] = exp(c[0]);
+    l[GF_L10] = c[1];
+    l[GF_L11] = exp(c[2]);
+    l[GF_L20] = c[3];
+    l[GF_L21] = c[4];
+    l[GF_L22] = exp(c[5]);
 }
 
-/* Sigma^{-1} (6 unique entries) of one Gaussian from its covariance parameters c
- * (cov_mode of them).  Full: Sigma = L L^T + eps I, inverted through its adjugate in
- * double, which is exact to rounding for any Sigma this parameterisation produces.
- * Diagonal: Sigma^{-1} = diag(e^{-2 s}) exactly, without eps. */
-GF_HD void gf_inverse_covariance(gf_cov_mode mode, const double c[6], double eps,
-                                 double p[6]) {
+/* Sigma (6 unique entries) of one Gaussian from its cov_mode parameters c.
+ *   full: Sigma = L L^T + eps I;   diag: Sigma = diag(e^{2 s}) (no eps). */
+GF_HD void gf_covariance(gf_cov_mode mode, const double c[6], double eps, double s[6]) {
     if (mode == GF_COV_DIAG) {
-        p[GF_XX] = exp(-2.0 * c[0]);
-        p[GF_YY] = exp(-2.0 * c[1]);
-        p[GF_ZZ] = exp(-2.0 * c[2]);
-        p[GF_XY] = p[GF_XZ] = p[GF_YZ] = 0.0;
+        s[GF_XX] = exp(2.0 * c[0]);
+        s[GF_YY] = exp(2.0 * c[1]);
+        s[GF_ZZ] = exp(2.0 * c[2]);
+        s[GF_XY] = s[GF_XZ] = s[GF_YZ] = 0.0;
         return;
     }
     double l[6];
     gf_cholesky_factor(c, l);
-    const double s00 = l[0] * l[0] + eps;
-    const double s01 = l[0] * l[1];
-    const double s02 = l[0] * l[3];
-    const double s11 = l[1] * l[1] + l[2] * l[2] + eps;
-    const double s12 = l[1] * l[3] + l[2] * l[4];
-    const double s22 = l[3] * l[3] + l[4] * l[4] + l[5] * l[5] + eps;
-    const double a00 = s11 * s22 - s12 * s12;
-    const double a01 = s02 * s12 - s01 * s22;
-    const double a02 = s01 * s12 - s02 * s11;
-    const double a11 = s00 * s22 - s02 * s02;
-    const double a12 = s01 * s02 - s00 * s12;
-    const double a22 = s00 * s11 - s01 * s01;
-    const double inv_det = 1.0 / (s00 * a00 + s01 * a01 + s02 * a02);
-    p[GF_XX] = a00 * inv_det;
-    p[GF_YY] = a11 * inv_det;
-    p[GF_ZZ] = a22 * inv_det;
-    p[GF_XY] = a01 * inv_det;
-    p[GF_XZ] = a02 * inv_det;
-    p[GF_YZ] = a12 * inv_det;
+    s[GF_XX] = l[0] * l[0] + eps;
+    s[GF_XY] = l[0] * l[1];
+    s[GF_XZ] = l[0] * l[3];
+    s[GF_YY] = l[1] * l[1] + l[2] * l[2] + eps;
+    s[GF_YZ] = l[1] * l[3] + l[2] * l[4];
+    s[GF_ZZ] = l[3] * l[3] + l[4] * l[4] + l[5] * l[5] + eps;
 }
 
-/* y = S x for a symmetric S in 6-entry form. */
-GF_HD void gf_sym_mul_vec(const double s[6], const double x[3], double y[3]) {
-    y[0] = s[GF_XX] * x[0] + s[GF_XY] * x[1] + s[GF_XZ] * x[2];
-    y[1] = s[GF_XY] * x[0] + s[GF_YY] * x[1] + s[GF_YZ] * x[2];
-    y[2] = s[GF_XZ] * x[0] + s[GF_YZ] * x[1] + s[GF_ZZ] * x[2];
-}
-
-/*
- * Chain rule of one Gaussian, from its pair sums (GF_NUM_SUMS, see above) back to its
- * parameters.  With P = Sigma^{-1}:
- *     grad_w     = S0
- *     grad_mu    = w P S1
- *     grad_P     = -w/2 S2                    (P's 9 entries taken as independent)
- *     grad_Sigma = -P grad_P P = w/2 P S2 P
- *     full: grad_L = 2 grad_Sigma L, then d L_ii / d c = L_ii on the diagonal
- *     diag: grad_s_i = w S2_ii P_ii
- * Any output pointer may be NULL (not wanted).
- */
-GF_HD void gf_gaussian_vjp(gf_cov_mode mode, const double c[6], double eps, double w,
-                           const double sums[GF_NUM_SUMS], double grad_mean[3],
-                           double grad_c[6], double *grad_w) {
-    if (grad_w) *grad_w = sums[0];
-    if (!grad_mean && !grad_c) return;
-    double p[6];
-    gf_inverse_covariance(mode, c, eps, p);
-    if (grad_mean) {
-        gf_sym_mul_vec(p, sums + 1, grad_mean);
-        grad_mean[0] *= w;
-        grad_mean[1] *= w;
-        grad_mean[2] *= w;
-    }
-    if (!grad_c) return;
-    const double *s2 = sums + 4;
+/* The whitening factor M = chol(Sigma)^{-1} (lower triangular, Sigma^{-1} = M^T M).
+ * Diagonal: M = diag(e^{-s}) exactly.  Full without eps: chol(Sigma) = L, so M = L^{-1}
+ * straight from the parameters.  Full with eps: Cholesky of Sigma in double.  A Sigma
+ * that is not positive definite in double gives NaN entries (never the case for
+ * finite parameters: Sigma = L L^T + eps I with L's diagonal > 0). */
+GF_HD void gf_whitening(gf_cov_mode mode, const double c[6], double eps, double m[6]) {
     if (mode == GF_COV_DIAG) {
-        grad_c[0] = w * s2[GF_XX] * p[GF_XX];
-        grad_c[1] = w * s2[GF_YY] * p[GF_YY];
-        grad_c[2] = w * s2[GF_ZZ] * p[GF_ZZ];
+        m[GF_L00] = exp(-c[0]);
+        m[GF_L11] = exp(-c[1]);
+        m[GF_L22] = exp(-c[2]);
+        m[GF_L10] = m[GF_L20] = m[GF_L21] = 0.0;
         return;
     }
-    /* M = P S2 (a general 3x3), then G = w/2 M P, symmetric up to rounding. */
-    double m[3][3];
-    for (int j = 0; j < 3; ++j) {
-        const double col[3] = {
-            j == 0 ? s2[GF_XX] : j == 1 ? s2[GF_XY] : s2[GF_XZ],
-            j == 0 ? s2[GF_XY] : j == 1 ? s2[GF_YY] : s2[GF_YZ],
-            j == 0 ? s2[GF_XZ] : j == 1 ? s2[GF_YZ] : s2[GF_ZZ]};
-        double out[3];
-        gf_sym_mul_vec(p, col, out);
-        m[0][j] = out[0];
-        m[1][j] = out[1];
-        m[2][j] = out[2];
+    double k[6]; /* chol(Sigma) */
+    if (eps == 0.0) {
+        gf_cholesky_factor(c, k);
+    } else {
+        double s[6];
+        gf_covariance(mode, c, eps, s);
+        k[GF_L00] = sqrt(s[GF_XX]);
+        k[GF_L10] = s[GF_XY] / k[GF_L00];
+        k[GF_L20] = s[GF_XZ] / k[GF_L00];
+        k[GF_L11] = sqrt(s[GF_YY] - k[GF_L10] * k[GF_L10]);
+        k[GF_L21] = (s[GF_YZ] - k[GF_L20] * k[GF_L10]) / k[GF_L11];
+        k[GF_L22] = sqrt(s[GF_ZZ] - k[GF_L20] * k[GF_L20] - k[GF_L21] * k[GF_L21]);
     }
-    double g[3][3];
-    for (int i = 0; i < 3; ++i) {
-        double out[3];
-        /* row i of M P = P (row i of M) since P is symmetric */
-        gf_sym_mul_vec(p, m[i], out);
-        g[i][0] = 0.5 * w * out[0];
-        g[i][1] = 0.5 * w * out[1];
-        g[i][2] = 0.5 * w * out[2];
+    m[GF_L00] = 1.0 / k[GF_L00];
+    m[GF_L11] = 1.0 / k[GF_L11];
+    m[GF_L22] = 1.0 / k[GF_L22];
+    m[GF_L10] = -k[GF_L10] * m[GF_L00] * m[GF_L11];
+    m[GF_L21] = -k[GF_L21] * m[GF_L11] * m[GF_L22];
+    m[GF_L20] = -(k[GF_L20] * m[GF_L00] + k[GF_L21] * m[GF_L10]) * m[GF_L22];
+}
+
+/* ---- front-ends: grad_Sigma -> gradient of the parameters ------------------------- */
+
+/* grad_c from grad_Sigma (6 unique entries; the gradient of a symmetric matrix given
+ * as the derivative with respect to each of its 9 entries, symmetric).
+ *   full: grad_L = 2 grad_Sigma L, then d L_ii / d c = L_ii on the diagonal;
+ *   diag: grad_s_i = 2 grad_Sigma_ii Sigma_ii. */
+GF_HD void gf_covariance_vjp(gf_cov_mode mode, const double c[6], const double gs[6],
+                             double grad_c[6]) {
+    if (mode == GF_COV_DIAG) {
+        grad_c[0] = 2.0 * gs[GF_XX] * exp(2.0 * c[0]);
+        grad_c[1] = 2.0 * gs[GF_YY] * exp(2.0 * c[1]);
+        grad_c[2] = 2.0 * gs[GF_ZZ] * exp(2.0 * c[2]);
+        return;
     }
     double l[6];
     gf_cholesky_factor(c, l);
-    /* grad_L = (G + G^T) L, lower triangle only. */
-    const double gs00 = 2.0 * g[0][0], gs11 = 2.0 * g[1][1], gs22 = 2.0 * g[2][2];
-    const double gs01 = g[0][1] + g[1][0], gs02 = g[0][2] + g[2][0], gs12 = g[1][2] + g[2][1];
-    const double gl00 = gs00 * l[0] + gs01 * l[1] + gs02 * l[3];
-    const double gl10 = gs01 * l[0] + gs11 * l[1] + gs12 * l[3];
-    const double gl11 = gs11 * l[2] + gs12 * l[4];
-    const double gl20 = gs02 * l[0] + gs12 * l[1] + gs22 * l[3];
-    const double gl21 = gs12 * l[2] + gs22 * l[4];
-    const double gl22 = gs22 * l[5];
+    const double g00 = 2.0 * gs[GF_XX], g11 = 2.0 * gs[GF_YY], g22 = 2.0 * gs[GF_ZZ];
+    const double g01 = 2.0 * gs[GF_XY], g02 = 2.0 * gs[GF_XZ], g12 = 2.0 * gs[GF_YZ];
+    /* grad_L = (2 grad_Sigma) L, lower triangle only */
+    const double gl00 = g00 * l[0] + g01 * l[1] + g02 * l[3];
+    const double gl10 = g01 * l[0] + g11 * l[1] + g12 * l[3];
+    const double gl11 = g11 * l[2] + g12 * l[4];
+    const double gl20 = g02 * l[0] + g12 * l[1] + g22 * l[3];
+    const double gl21 = g12 * l[2] + g22 * l[4];
+    const double gl22 = g22 * l[5];
     grad_c[0] = gl00 * l[0];
     grad_c[1] = gl10;
     grad_c[2] = gl11 * l[2];
     grad_c[3] = gl20;
     grad_c[4] = gl21;
     grad_c[5] = gl22 * l[5];
+}
+
+/* ---- chain rule of one Gaussian ---------------------------------------------------- */
+
+/* y = M^T x for a lower-triangular M. */
+GF_HD void gf_lower_t_mul_vec(const double m[6], const double x[3], double y[3]) {
+    y[0] = m[GF_L00] * x[0] + m[GF_L10] * x[1] + m[GF_L20] * x[2];
+    y[1] = m[GF_L11] * x[1] + m[GF_L21] * x[2];
+    y[2] = m[GF_L22] * x[2];
+}
+
+/*
+ * From one Gaussian's pair sums (GF_NUM_SUMS, folded units, see above) to the gradients
+ * of its mean and covariance parameters.  With g = exp(-|u|^2 / 2), u = M d:
+ *     d g / d mu    = g M^T u                    -> grad_mu    = M^T S_u' / a
+ *     d g / d Sigma = g/2 M^T u u^T M            -> grad_Sigma = M^T S_u'u' M / (2 a^2)
+ * then the front-end's gf_covariance_vjp.  The pair sums already carry t = G w.
+ * Either output may be NULL (not wanted).
+ */
+GF_HD void gf_gaussian_vjp(gf_cov_mode mode, const double c[6], double eps,
+                           const double sums[GF_NUM_SUMS], double grad_mean[3],
+                           double grad_c[6]) {
+    if (!grad_mean && !grad_c) return;
+    double m[6];
+    gf_whitening(mode, c, eps, m);
+    if (grad_mean) {
+        gf_lower_t_mul_vec(m, sums, grad_mean);
+        for (int k = 0; k < 3; ++k) grad_mean[k] *= 1.0 / GF_SQRT_HALF_LOG2E;
+    }
+    if (!grad_c) return;
+    const double *s = sums + 3;
+    /* W = S M (S symmetric), then grad_Sigma = M^T W / (2 a^2) */
+    const double sm[3][3] = {{s[GF_XX], s[GF_XY], s[GF_XZ]},
+                             {s[GF_XY], s[GF_YY], s[GF_YZ]},
+                             {s[GF_XZ], s[GF_YZ], s[GF_ZZ]}};
+    const double mm[3][3] = {{m[GF_L00], 0.0, 0.0},
+                             {m[GF_L10], m[GF_L11], 0.0},
+                             {m[GF_L20], m[GF_L21], m[GF_L22]}};
+    double w[3][3], g[3][3];
+    for (int i = 0; i < 3; ++i)
+        for (int j = 0; j < 3; ++j) {
+            double acc = 0.0;
+            for (int k = 0; k < 3; ++k) acc += sm[i][k] * mm[k][j];
+            w[i][j] = acc;
+        }
+    const double scale = 0.5 / GF_HALF_LOG2E;
+    for (int i = 0; i < 3; ++i)
+        for (int j = 0; j < 3; ++j) {
+            double acc = 0.0;
+            for (int k = 0; k < 3; ++k) acc += mm[k][i] * w[k][j];
+            g[i][j] = scale * acc;
+        }
+    /* symmetric up to rounding: take the symmetric part */
+    const double gs[6] = {g[0][0], g[1][1], g[2][2], 0.5 * (g[0][1] + g[1][0]),
+                          0.5 * (g[0][2] + g[2][0]), 0.5 * (g[1][2] + g[2][1])};
+    gf_covariance_vjp(mode, c, gs, grad_c);
+}
+
+/* Whether a gf_params cutoff value asks for a cutoff (0 and +inf do not). */
+GF_HD int gf_has_cutoff(double cutoff) { return cutoff > 0.0 && cutoff <= DBL_MAX; }
+
+/* The cutoff threshold in folded units: a^2 k^2, +inf without a cutoff (cutoff 0 or
+ * +inf, see gf_params). */
+GF_HD double gf_cutoff_threshold(double cutoff) {
+    if (!gf_has_cutoff(cutoff)) return (double)INFINITY;
+    return GF_HALF_LOG2E * cutoff * cutoff;
 }
 
 /* Per-type pair maths.  GF_TYPE names a type, GF_FN a function; in C both carry the

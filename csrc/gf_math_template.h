@@ -12,18 +12,42 @@
 #endif
 
 /*
- * One Gaussian, ready for the pair loops: its mean, weight, and the folded inverse
- * covariance A = -(log2 e)/2 Sigma^{-1} (see gf_math.h), so that the Gaussian's value at
- * d = x - mu is 2^(d^T A d).  b = 2 a off the diagonal, for the 9-operation form of the
- * exponent.  16 values: 64 bytes (float) or 128 (double), loaded as aligned 16-byte
- * vectors by the CUDA kernels; what the forward reads comes first (3 vectors in float).
+ * One Gaussian, ready for the pair loops: its mean, weight (channel 0; the loops of
+ * several channels read the weights themselves), the folded whitening factor
+ * M' = a M (lower triangular, see gf_math.h) and the negated cutoff threshold
+ * nkq = -a^2 k^2 (-inf without a cutoff), so that the pair's value is 2^e with
+ * e = -|M' d|^2 where e >= nkq, and 0 beyond.  16 values: 64 bytes (float) or 128 (double), loaded as
+ * aligned 16-byte vectors by the CUDA kernels; what the forward reads comes first
+ * (3 vectors in float).
  */
 typedef struct GF_TYPE(gf_record) {
     GF_T mx, my, mz, w;
-    GF_T axx, ayy, azz, bxy;
-    GF_T bxz, byz, axy, axz;
-    GF_T ayz, pad0, pad1, pad2;
+    GF_T m00, m10, m11, m20;
+    GF_T m21, m22, nkq, pad0;
+    GF_T pad1, pad2, pad3, pad4;
 } GF_TYPE(gf_record);
+
+/* a * b + c with one rounding wherever the target has a fused multiply-add (CUDA,
+ * x86 with FMA, AArch64), else with two: written out so that the compiler's contraction
+ * choices (-ffp-contract) cannot make two copies of one expression round differently.
+ * Where there is no FMA instruction the compiler has nothing to contract into. */
+GF_HD GF_T GF_FN(gf_fma)(GF_T a, GF_T b, GF_T c) {
+#if defined(__CUDA_ARCH__)
+#if GF_T_IS_FLOAT
+    return __fmaf_rn(a, b, c);
+#else
+    return __fma_rn(a, b, c);
+#endif
+#elif defined(__FMA__) || defined(__ARM_FEATURE_FMA) || defined(__FP_FAST_FMA)
+#if GF_T_IS_FLOAT
+    return __builtin_fmaf(a, b, c);
+#else
+    return __builtin_fma(a, b, c);
+#endif
+#else
+    return a * b + c;
+#endif
+}
 
 /*
  * 2^q.  On the GPU, float uses the hardware's ex2.approx.ftz (relative error about
@@ -95,6 +119,37 @@ GF_HD GF_T GF_FN(gf_exp2)(GF_T q) {
 #endif
 }
 
+/* 2^e for e <= 0 (or NaN), the exponent of every pair: on the host only the lower
+ * clamp of gf_exp2 is needed, one instruction less in the pair loops. */
+GF_HD GF_T GF_FN(gf_exp2_nonpos)(GF_T e) {
+#if defined(__CUDA_ARCH__)
+    return GF_FN(gf_exp2)(e);
+#else
+#if GF_T_IS_FLOAT
+    const float magic = 12582912.0f; /* 1.5 * 2^23 */
+    e = e < -127.0f ? -127.0f : e;
+    const float t = e + magic;
+    const float f = e - (t - magic);
+    float p = 1.5252733804059840e-05f;
+    p = p * f + 1.5403530393381609e-04f;
+    p = p * f + 1.3333558146428443e-03f;
+    p = p * f + 9.6181291076284772e-03f;
+    p = p * f + 5.5504108664821580e-02f;
+    p = p * f + 2.4022650695910071e-01f;
+    p = p * f + 6.9314718055994531e-01f;
+    p = p * f + 1.0f;
+    int32_t tb;
+    memcpy(&tb, &t, sizeof tb);
+    const int32_t sb = (int32_t)((uint32_t)(tb - 0x4B400000 + 127) << 23);
+    float sc;
+    memcpy(&sc, &sb, sizeof sc);
+    return p * sc;
+#else
+    return GF_FN(gf_exp2)(e);
+#endif
+#endif
+}
+
 /* v rounded to GF_T, saturating at the largest finite value: an inverse covariance
  * entry that is finite in double stays finite in float (a Gaussian far narrower than
  * float's range then still gives its weight at its mean and 0 elsewhere, as the double
@@ -109,139 +164,167 @@ GF_HD GF_T GF_TYPE(gf_narrow)(double v) {
 }
 
 /* Fill record r for one Gaussian.  mean: 3 values `mean_stride` apart; cov: cov_mode
- * values `cov_stride` apart.  Runs once per Gaussian per call; the inverse is taken in
- * double and rounded once, to the record's type. */
+ * values `cov_stride` apart; weight: channel 0.  Runs once per Gaussian per call; M is
+ * computed in double and rounded once, to the record's type. */
 GF_HD void GF_FN(gf_record_init)(GF_TYPE(gf_record) *r,
                                  const GF_T *mean, int64_t mean_stride, /* [3] */
                                  const GF_T *cov, int64_t cov_stride,   /* [cov_mode] */
-                                 GF_T weight, gf_cov_mode mode, double eps) {
+                                 GF_T weight, gf_cov_mode mode, double eps, double cutoff) {
     double c[6] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
     for (int k = 0; k < (int)mode; ++k) c[k] = (double)cov[k * cov_stride];
-    double p[6];
-    gf_inverse_covariance(mode, c, eps, p);
-    const double s = -GF_HALF_LOG2E;
+    double m[6];
+    gf_whitening(mode, c, eps, m);
+    const double a = GF_SQRT_HALF_LOG2E;
     r->mx = mean[0];
     r->my = mean[mean_stride];
     r->mz = mean[2 * mean_stride];
     r->w = weight;
-    r->axx = GF_TYPE(gf_narrow)(s * p[GF_XX]);
-    r->ayy = GF_TYPE(gf_narrow)(s * p[GF_YY]);
-    r->azz = GF_TYPE(gf_narrow)(s * p[GF_ZZ]);
-    r->axy = GF_TYPE(gf_narrow)(s * p[GF_XY]);
-    r->axz = GF_TYPE(gf_narrow)(s * p[GF_XZ]);
-    r->ayz = GF_TYPE(gf_narrow)(s * p[GF_YZ]);
-    r->bxy = GF_TYPE(gf_narrow)(2.0 * s * p[GF_XY]);
-    r->bxz = GF_TYPE(gf_narrow)(2.0 * s * p[GF_XZ]);
-    r->byz = GF_TYPE(gf_narrow)(2.0 * s * p[GF_YZ]);
-    r->pad0 = r->pad1 = r->pad2 = (GF_T)0;
+    r->m00 = GF_TYPE(gf_narrow)(a * m[GF_L00]);
+    r->m10 = GF_TYPE(gf_narrow)(a * m[GF_L10]);
+    r->m11 = GF_TYPE(gf_narrow)(a * m[GF_L11]);
+    r->m20 = GF_TYPE(gf_narrow)(a * m[GF_L20]);
+    r->m21 = GF_TYPE(gf_narrow)(a * m[GF_L21]);
+    r->m22 = GF_TYPE(gf_narrow)(a * m[GF_L22]);
+    r->nkq = (GF_T)(-gf_cutoff_threshold(cutoff));
+    r->pad0 = r->pad1 = r->pad2 = r->pad3 = r->pad4 = (GF_T)0;
+}
+
+/* ---- the pair: whitening and the cutoff test -----------------------------------
+ * forward inputs: r (one Gaussian), x y z (one point)
+ * returns:        d = x - mu, u' = M' d and the exponent e = -|u'|^2 (folded units,
+ *                 <= 0), in 3 subtractions, 3 multiplies and 5 fused multiply-adds,
+ *                 each rounding pinned by gf_fma: every kernel that whitens a pair gets
+ *                 the same bits, so they all decide the cutoff alike. */
+typedef struct GF_TYPE(gf_pair) {
+    GF_T dx, dy, dz;
+    GF_T ux, uy, uz;
+    GF_T e;
+} GF_TYPE(gf_pair);
+
+GF_HD GF_TYPE(gf_pair) GF_FN(gf_pair_whiten)(const GF_TYPE(gf_record) *r, GF_T x, GF_T y,
+                                             GF_T z) {
+    GF_TYPE(gf_pair) p;
+    p.dx = x - r->mx;
+    p.dy = y - r->my;
+    p.dz = z - r->mz;
+    p.ux = r->m00 * p.dx;
+    p.uy = GF_FN(gf_fma)(r->m11, p.dy, r->m10 * p.dx);
+    p.uz = GF_FN(gf_fma)(r->m22, p.dz, GF_FN(gf_fma)(r->m21, p.dy, r->m20 * p.dx));
+    p.e = GF_FN(gf_fma)(-p.ux, p.ux, GF_FN(gf_fma)(-p.uy, p.uy, -(p.uz * p.uz)));
+    return p;
+}
+
+/* Whether the pair counts: q <= k^2, i.e. e >= nkq.  Written as !(e < nkq) so that a
+ * NaN exponent is kept and propagates, as the op's NaN semantics ask. */
+GF_HD int GF_FN(gf_pair_keep)(const GF_TYPE(gf_record) *r, GF_T e) { return !(e < r->nkq); }
+
+/* The Gaussian's value at the pair, exp(-q/2), or 0 beyond the cutoff (branch-free).
+ * kCutoff = 0 when the caller knows there is none (nkq = -inf keeps every pair): the
+ * same bits without the test. */
+GF_HD GF_T GF_FN(gf_pair_gauss)(const GF_TYPE(gf_record) *r, GF_T e, int kCutoff) {
+    const GF_T g = GF_FN(gf_exp2_nonpos)(e);
+    return (!kCutoff || GF_FN(gf_pair_keep)(r, e)) ? g : (GF_T)0;
 }
 
 /* ---- forward ------------------------------------------------------------------
- * forward inputs: r (one Gaussian), x y z (one point)
- * returns:        the exponent d^T A d (<= 0), so the Gaussian's value is 2^exponent;
- *                 3 subtractions and 9 multiply-adds. */
-GF_HD GF_T GF_FN(gf_pair_exponent)(const GF_TYPE(gf_record) *r, GF_T x, GF_T y, GF_T z) {
-    const GF_T dx = x - r->mx, dy = y - r->my, dz = z - r->mz;
-    const GF_T tx = r->axx * dx + r->bxy * dy + r->bxz * dz;
-    const GF_T ty = r->ayy * dy + r->byz * dz;
-    const GF_T tz = r->azz * dz;
-    return dx * tx + dy * ty + dz * tz;
-}
-
-/* forward inputs: r, x y z
- * returns:        w * exp(-0.5 d^T Sigma^{-1} d), this pair's term of f(x). */
-GF_HD GF_T GF_FN(gf_pair_value)(const GF_TYPE(gf_record) *r, GF_T x, GF_T y, GF_T z) {
-    return r->w * GF_FN(gf_exp2)(GF_FN(gf_pair_exponent)(r, x, y, z));
+ * forward inputs: r, x y z, kCutoff (see gf_pair_gauss)
+ * returns:        exp(-q/2) masked by the cutoff; times the weight, this pair's term
+ *                 of f(x) (the caller multiplies, once per channel). */
+GF_HD GF_T GF_FN(gf_pair_value)(const GF_TYPE(gf_record) *r, GF_T x, GF_T y, GF_T z,
+                                int kCutoff) {
+    const GF_TYPE(gf_pair) p = GF_FN(gf_pair_whiten)(r, x, y, z);
+    return GF_FN(gf_pair_gauss)(r, p.e, kCutoff);
 }
 
 /* ---- VJP toward the point -----------------------------------------------------
- * forward inputs:  r, x y z
- * returns:         w g (A d), this pair's term of the point's gradient direction.
- * The point's gradient is grad_x = 2 ln2 * grad_out * sum_n (w g A d)_n, the factor
- * applied once per point by the caller: d/dx 2^(d^T A d) = ln2 2^(d^T A d) 2 A d. */
-typedef struct GF_TYPE(gf_vec3) {
-    GF_T x, y, z;
-} GF_TYPE(gf_vec3);
+ * forward inputs:  r, x y z, kCutoff
+ * returns:         v = M'^T u' and g (masked by the cutoff).  The point's gradient is
+ * grad_x = -2 ln2 * sum_n t_n g_n v_n, t_n = sum_c G_c w_nc (grad_out times weight),
+ * because d/dx exp(-|M d|^2/2) = -g M^T M d = -2 ln2 g M'^T u'; the caller multiplies
+ * t g into v (one multiply, then 3 fused multiply-adds into its sums). */
+typedef struct GF_TYPE(gf_point_terms) {
+    GF_T vx, vy, vz, g;
+} GF_TYPE(gf_point_terms);
 
-GF_HD GF_TYPE(gf_vec3) GF_FN(gf_pair_vjp_point)(const GF_TYPE(gf_record) *r, GF_T x, GF_T y,
-                                                GF_T z) {
-    const GF_T dx = x - r->mx, dy = y - r->my, dz = z - r->mz;
-    const GF_T ax = r->axx * dx + r->axy * dy + r->axz * dz;
-    const GF_T ay = r->axy * dx + r->ayy * dy + r->ayz * dz;
-    const GF_T az = r->axz * dx + r->ayz * dy + r->azz * dz;
-    const GF_T s = r->w * GF_FN(gf_exp2)(dx * ax + dy * ay + dz * az);
-    GF_TYPE(gf_vec3) v;
-    v.x = s * ax;
-    v.y = s * ay;
-    v.z = s * az;
+GF_HD GF_TYPE(gf_point_terms) GF_FN(gf_pair_vjp_point)(const GF_TYPE(gf_record) *r, GF_T x,
+                                                       GF_T y, GF_T z, int kCutoff) {
+    const GF_TYPE(gf_pair) p = GF_FN(gf_pair_whiten)(r, x, y, z);
+    GF_TYPE(gf_point_terms) v;
+    v.g = GF_FN(gf_pair_gauss)(r, p.e, kCutoff);
+    v.vx = r->m00 * p.ux + r->m10 * p.uy + r->m20 * p.uz;
+    v.vy = r->m11 * p.uy + r->m21 * p.uz;
+    v.vz = r->m22 * p.uz;
     return v;
 }
 
 /* ---- VJP toward the Gaussian --------------------------------------------------
- * The terms one pair adds to its Gaussian's sums (GF_NUM_SUMS order, see gf_math.h);
- * returned by value so that vectorised callers keep them in registers. */
+ * The terms one pair adds to its Gaussian's sums; returned by value so that vectorised
+ * callers keep them in registers. */
 typedef struct GF_TYPE(gf_pair_terms) {
-    GF_T t;                  /* grad * g */
-    GF_T tdx, tdy, tdz;      /* t d */
-    GF_T txx, tyy, tzz;      /* t d d^T, diagonal */
-    GF_T txy, txz, tyz;      /* t d d^T, off-diagonal */
+    GF_T gg;                 /* G g: the weight's gradient term (g itself for G = 1) */
+    GF_T tux, tuy, tuz;      /* t g u' */
+    GF_T txx, tyy, tzz;      /* t g u' u'^T, diagonal */
+    GF_T txy, txz, tyz;      /* t g u' u'^T, off-diagonal */
 } GF_TYPE(gf_pair_terms);
 
-/* forward inputs:      r, x y z
- * gradient of output:  grad (grad_out at this point)
- * returns:             the pair's terms; gf_pair_terms_add sums them, and
- *                      gf_gaussian_vjp turns a Gaussian's sums into its gradients. */
+/* forward inputs:      r, x y z, kCutoff
+ * gradient of output:  grad (G, grad_out at this point; 1 to get g itself), t (the
+ *                      factor of the geometric terms: G times the weight summed over
+ *                      channels, or G alone with one channel, the weight then applied
+ *                      to the Gaussian's sums in double)
+ * returns:             the pair's terms (GF_NUM_SUMS order after gg); gf_gaussian_vjp
+ *                      turns a Gaussian's sums into its gradients. */
 GF_HD GF_TYPE(gf_pair_terms) GF_FN(gf_pair_vjp_gaussian)(const GF_TYPE(gf_record) *r, GF_T x,
-                                                         GF_T y, GF_T z, GF_T grad) {
-    const GF_T dx = x - r->mx, dy = y - r->my, dz = z - r->mz;
-    const GF_T tx = r->axx * dx + r->bxy * dy + r->bxz * dz;
-    const GF_T ty = r->ayy * dy + r->byz * dz;
-    const GF_T tz = r->azz * dz;
+                                                         GF_T y, GF_T z, GF_T grad, GF_T t,
+                                                         int kCutoff) {
+    const GF_TYPE(gf_pair) p = GF_FN(gf_pair_whiten)(r, x, y, z);
+    const GF_T g = GF_FN(gf_pair_gauss)(r, p.e, kCutoff);
     GF_TYPE(gf_pair_terms) c;
-    c.t = grad * GF_FN(gf_exp2)(dx * tx + dy * ty + dz * tz);
-    c.tdx = c.t * dx;
-    c.tdy = c.t * dy;
-    c.tdz = c.t * dz;
-    c.txx = c.tdx * dx;
-    c.tyy = c.tdy * dy;
-    c.tzz = c.tdz * dz;
-    c.txy = c.tdx * dy;
-    c.txz = c.tdx * dz;
-    c.tyz = c.tdy * dz;
+    const GF_T tg = t * g;
+    c.gg = grad * g;
+    c.tux = tg * p.ux;
+    c.tuy = tg * p.uy;
+    c.tuz = tg * p.uz;
+    c.txx = c.tux * p.ux;
+    c.tyy = c.tuy * p.uy;
+    c.tzz = c.tuz * p.uz;
+    c.txy = c.tux * p.uy;
+    c.txz = c.tux * p.uz;
+    c.tyz = c.tuy * p.uz;
     return c;
 }
 
-/* sums to accumulate: s[0..9] += c, in the order of GF_NUM_SUMS. */
+/* sums to accumulate: s[0..8] += c (GF_NUM_SUMS order; gg is summed by the caller). */
 GF_HD void GF_FN(gf_pair_terms_add)(GF_T *s, const GF_TYPE(gf_pair_terms) *c) {
-    s[0] += c->t;
-    s[1] += c->tdx;
-    s[2] += c->tdy;
-    s[3] += c->tdz;
-    s[4 + GF_XX] += c->txx;
-    s[4 + GF_YY] += c->tyy;
-    s[4 + GF_ZZ] += c->tzz;
-    s[4 + GF_XY] += c->txy;
-    s[4 + GF_XZ] += c->txz;
-    s[4 + GF_YZ] += c->tyz;
+    s[0] += c->tux;
+    s[1] += c->tuy;
+    s[2] += c->tuz;
+    s[3 + GF_XX] += c->txx;
+    s[3 + GF_YY] += c->tyy;
+    s[3 + GF_ZZ] += c->tzz;
+    s[3 + GF_XY] += c->txy;
+    s[3 + GF_XZ] += c->txz;
+    s[3 + GF_YZ] += c->tyz;
 }
 
 /* Chain rule of one Gaussian from its summed pair terms (double, any order of
- * summation) to its gradients, written as GF_T.  Reads the Gaussian's parameters
- * strided like gf_record_init; each output row pointer may be NULL (not wanted). */
-GF_HD void GF_FN(gf_gaussian_vjp_store)(const double sums[GF_NUM_SUMS],
+ * summation), multiplied by `scale` (the weight where the pairs' t was G alone, else 1),
+ * to the gradients of its mean and covariance parameters, written as GF_T.  Reads the
+ * parameters strided like gf_record_init; each output row pointer may be NULL. */
+GF_HD void GF_FN(gf_gaussian_vjp_store)(const double sums[GF_NUM_SUMS], double scale,
                                         const GF_T *cov, int64_t cov_stride, /* [cov_mode] */
-                                        GF_T weight, gf_cov_mode mode, double eps,
+                                        gf_cov_mode mode, double eps,
                                         GF_T *grad_mean,    /* [3] or NULL */
-                                        GF_T *grad_cov,     /* [cov_mode] or NULL */
-                                        GF_T *grad_weight)  /* [1] or NULL */ {
+                                        GF_T *grad_cov)     /* [cov_mode] or NULL */ {
+    if (!grad_mean && !grad_cov) return;
     double c[6] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
     for (int k = 0; k < (int)mode; ++k) c[k] = (double)cov[k * cov_stride];
-    double gm[3], gc[6], gw;
-    gf_gaussian_vjp(mode, c, eps, (double)weight, sums, grad_mean ? gm : 0,
-                    grad_cov ? gc : 0, &gw);
+    double sc[GF_NUM_SUMS];
+    for (int k = 0; k < GF_NUM_SUMS; ++k) sc[k] = scale * sums[k];
+    double gm[3], gc[6];
+    gf_gaussian_vjp(mode, c, eps, sc, grad_mean ? gm : 0, grad_cov ? gc : 0);
     if (grad_mean)
         for (int k = 0; k < 3; ++k) grad_mean[k] = (GF_T)gm[k];
     if (grad_cov)
         for (int k = 0; k < (int)mode; ++k) grad_cov[k] = (GF_T)gc[k];
-    if (grad_weight) *grad_weight = (GF_T)gw;
 }

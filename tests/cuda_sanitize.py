@@ -1,6 +1,7 @@
 """Forward + backward on CUDA at sizes that leave partial tiles everywhere, under several
-launch configurations, checked against the CPU.  Run under compute-sanitizer (memcheck,
-racecheck) by benchmarks/gpu_session.sh; not collected by pytest."""
+launch configurations, with one and several channels (partial channel blocks) and with
+and without a cutoff, checked against the CPU.  Run under compute-sanitizer (memcheck,
+racecheck, initcheck) by benchmarks/gpu_session.sh; not collected by pytest."""
 import os
 import sys
 
@@ -12,22 +13,24 @@ sys.path.insert(0, os.path.dirname(__file__))
 from conftest import make_inputs, rel_err  # noqa: E402
 
 CONFIGS = ["", "points_r=8,points_warps=3,gauss_k=2,gauss_warps=5,chunks=3",
-           "points_r=1,points_warps=8,gauss_k=4,gauss_warps=8,chunks=2"]
+           "points_r=1,points_warps=8,gauss_k=4,gauss_warps=8,chunks=2,channel_block=4"]
 
 
-def check(B, N, mode, dtype):
+def check(B, N, mode, dtype, channels, cutoff):
     ins = make_inputs(B, N, mode, dtype, "cpu", B + N)
-    g = torch.randn(B, dtype=dtype)
+    if channels:
+        ins[3] = torch.randn(N, channels, dtype=dtype)
+    g = torch.randn(B, *([channels] if channels else []), dtype=dtype)
     cpu_in = [t.clone().requires_grad_() for t in ins]
-    out = gaussfield.gaussian_field(*cpu_in)
+    out = gaussfield.gaussian_field(*cpu_in, cutoff=cutoff)
     want = [out, *torch.autograd.grad(out, cpu_in, g)]
     gpu_in = [t.cuda().requires_grad_() for t in ins]
-    out = gaussfield.gaussian_field(*gpu_in)
+    out = gaussfield.gaussian_field(*gpu_in, cutoff=cutoff)
     got = [out, *torch.autograd.grad(out, gpu_in, g.cuda())]
     torch.cuda.synchronize()
     tol = 2e-6 if dtype == torch.float32 else 1e-12
     errs = [rel_err(a, b) for a, b in zip(got, want)]
-    assert max(errs) < tol, (B, N, mode, dtype, errs)
+    assert max(errs) < tol, (B, N, mode, dtype, channels, cutoff, errs)
 
 
 for cfg in CONFIGS:
@@ -35,5 +38,6 @@ for cfg in CONFIGS:
     for B, N in [(37, 45), (301, 130)]:
         for mode in ("full", "diag"):
             for dtype in (torch.float32, torch.float64):
-                check(B, N, mode, dtype)
+                for channels, cutoff in [(0, None), (3, None), (11, 3.0), (0, 2.5)]:
+                    check(B, N, mode, dtype, channels, cutoff)
 print("cuda_sanitize: all checks passed")

@@ -61,7 +61,7 @@ def test_backward_op_refuses_dual_tensors(device):
     with fwAD.dual_level():
         gd = fwAD.make_dual(g, torch.ones_like(g))
         with pytest.raises(RuntimeError, match="forward-mode AD .* not supported"):
-            torch.ops.gaussfield.gaussian_field_backward(gd, x, m, c, w, 1e-6, [True] * 4)
+            torch.ops.gaussfield.gaussian_field_backward(gd, x, m, c, w, 1e-6, None, [True] * 4)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -71,5 +71,5 @@ def test_reverse_mode_and_opcheck_still_work(device):
     torch.library.opcheck(torch.ops.gaussfield.gaussian_field.default, (*ins, 1e-6))
     plain = [t.detach() for t in ins]
     torch.library.opcheck(torch.ops.gaussfield.gaussian_field_backward.default,
-                          (torch.randn(9, dtype=torch.float64, device=device), *plain, 1e-6,
+                          (torch.randn(9, dtype=torch.float64, device=device), *plain, 1e-6, None,
                            [True, True, True, True]))

@@ -46,13 +46,13 @@ def test_opcheck_backward(device, mode, mask):
     x, means, cov, weights = make_inputs(9, 5, mode, torch.float64, device, 6)
     grad_out = torch.randn(9, dtype=torch.float64, device=device)
     torch.library.opcheck(torch.ops.gaussfield.gaussian_field_backward,
-                          (grad_out, x, means, cov, weights, 1e-6, mask))
+                          (grad_out, x, means, cov, weights, 1e-6, None, mask))
 
 
 def test_backward_op_returns_none_for_unwanted():
     x, means, cov, weights = make_inputs(4, 3, "full", torch.float64, "cpu", 7)
     out = torch.ops.gaussfield.gaussian_field_backward(torch.ones(4, dtype=torch.float64), x, means, cov,
-                                                       weights, 1e-6, [False, True, False, True])
+                                                       weights, 1e-6, None, [False, True, False, True])
     assert out[0] is None and out[2] is None
     assert out[1].shape == means.shape and out[3].shape == weights.shape
 

@@ -23,8 +23,8 @@ def good(mode="full", dtype=torch.float64, device="cpu"):
         (1, torch.rand(4), r"means must have shape \[N, 3\], got \[4\]"),
         (2, torch.rand(4, 5), r"cov must have shape \[N, 6\] \(full covariance, cov_tril\) or \[N, 3\]"),
         (2, torch.rand(3, 6), r"cov must have shape \[N, 6\] with N = 4 as in means, got \[3, 6\]"),
-        (3, torch.rand(5), r"weights must have shape \[N\] with N = 4 as in means, got \[5\]"),
-        (3, torch.rand(4, 1), r"weights must have shape \[N\] with N = 4 as in means, got \[4, 1\]"),
+        (3, torch.rand(5), r"weights must have shape \[N\] or \[N, C\] with N = 4 as in means, got \[5\]"),
+        (3, torch.rand(4, 1, 2), r"weights must have shape \[N\] or \[N, C\] with N = 4 as in means, got \[4, 1, 2\]"),
     ],
 )
 def test_bad_shapes_name_the_argument(which, bad, message):
@@ -70,9 +70,9 @@ def test_bad_eps(eps):
 
 def test_bad_grad_out_shape():
     x, means, cov, weights = good()
-    with pytest.raises(RuntimeError, match=r"grad_out must have shape x.shape\[:-1\] = \[5\], got \[4\]"):
+    with pytest.raises(RuntimeError, match=r"grad_out must have the shape of the result \(x.shape\[:-1\]\) = \[5\], got \[4\]"):
         torch.ops.gaussfield.gaussian_field_backward(torch.ones(4, dtype=torch.float64), x, means, cov,
-                                                     weights, 1e-6, [True] * 4)
+                                                     weights, 1e-6, None, [True] * 4)
 
 
 @pytest.mark.parametrize("device", DEVICES)

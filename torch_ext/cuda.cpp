@@ -28,10 +28,11 @@ at::Tensor workspace_for(const gf_params& p, bool backward, const at::Tensor& li
 }
 
 at::Tensor gaussian_field_cuda(const at::Tensor& x, const at::Tensor& means,
-                               const at::Tensor& cov, const at::Tensor& weights, double eps) {
-  Problem prob = make_problem(x, means, cov, weights, eps);
+                               const at::Tensor& cov, const at::Tensor& weights, double eps,
+                              std::optional<double> cutoff) {
+  Problem prob = make_problem(x, means, cov, weights, eps, cutoff);
   gf_params& p = prob.params;
-  at::Tensor out = allocate_output(x, p);
+  at::Tensor out = allocate_output(x, weights, p);
   if (p.num_points == 0 || p.num_gaussians == 0) return out;
   const c10::cuda::CUDAGuard guard(x.device());
   p.out = out.data_ptr();
@@ -47,8 +48,9 @@ at::Tensor gaussian_field_cuda(const at::Tensor& x, const at::Tensor& means,
 BackwardResult gaussian_field_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x,
                                             const at::Tensor& means, const at::Tensor& cov,
                                             const at::Tensor& weights, double eps,
+                                            std::optional<double> cutoff,
                                             std::array<bool, 4> output_mask) {
-  Problem prob = make_problem(x, means, cov, weights, eps, grad_out);
+  Problem prob = make_problem(x, means, cov, weights, eps, cutoff, grad_out);
   gf_params& p = prob.params;
   std::array<at::Tensor, 4> grads = allocate_grads(x, means, cov, weights, p, output_mask);
   set_grad_outputs(p, grads);

@@ -5,6 +5,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <array>
+#include <optional>
 #include <tuple>
 
 #include "gaussfield.h"
@@ -12,7 +13,7 @@
 namespace gaussfield {
 
 // The validated problem.  x2d is x viewed (or, where no view exists, copied) as
-// [B, 3], grad_out_flat likewise as [B]; they keep those buffers alive for params.  The
+// [B, 3], grad_out_flat likewise as [B, C]; they keep those buffers alive for params.  The
 // other tensors are the caller's, strides and all.
 struct Problem {
   at::Tensor x2d;
@@ -20,17 +21,18 @@ struct Problem {
   gf_params params;  // inputs filled in, outputs NULL
 };
 
-// Checks shapes, dtypes, devices and eps of the forward's inputs and throws a
-// c10::Error naming the argument otherwise.  `grad_out`, when defined, is checked
-// against x too (the backward).
+// Checks shapes, dtypes, devices, eps and cutoff of the forward's inputs and throws a
+// c10::Error naming the argument otherwise.  weights are [N] (one channel) or [N, C].
+// `grad_out`, when defined, is checked against the result's shape too (the backward).
 Problem make_problem(const at::Tensor& x, const at::Tensor& means, const at::Tensor& cov,
-                     const at::Tensor& weights, double eps,
+                     const at::Tensor& weights, double eps, std::optional<double> cutoff,
                      const at::Tensor& grad_out = at::Tensor());
 
 // Outputs of the forward and the backward, allocated on x's device: the forward's
-// result has shape x.shape[:-1]; each wanted gradient has its input's shape.  Filled
-// with zeros where B = 0 or N = 0 (empty sums), so a caller may return them at once.
-at::Tensor allocate_output(const at::Tensor& x, const gf_params& p);
+// result has shape x.shape[:-1] (+ [C] for weights [N, C]); each wanted gradient has
+// its input's shape.  Filled with zeros where B = 0 or N = 0 (empty sums), so a caller
+// may return them at once.
+at::Tensor allocate_output(const at::Tensor& x, const at::Tensor& weights, const gf_params& p);
 std::array<at::Tensor, 4> allocate_grads(const at::Tensor& x, const at::Tensor& means,
                                          const at::Tensor& cov, const at::Tensor& weights,
                                          const gf_params& p,

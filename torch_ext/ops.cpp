@@ -31,8 +31,15 @@ gf_dtype to_gf_dtype(at::ScalarType t) {
 
 }  // namespace
 
+at::DimVector output_shape(const at::Tensor& x, const at::Tensor& weights) {
+  at::DimVector shape(x.sizes().slice(0, x.dim() - 1));
+  if (weights.dim() == 2) shape.push_back(weights.size(1));
+  return shape;
+}
+
 Problem make_problem(const at::Tensor& x, const at::Tensor& means, const at::Tensor& cov,
-                     const at::Tensor& weights, double eps, const at::Tensor& grad_out) {
+                     const at::Tensor& weights, double eps, std::optional<double> cutoff,
+                     const at::Tensor& grad_out) {
   TORCH_CHECK(x.defined() && means.defined() && cov.defined() && weights.defined(),
               "gaussfield: x, means, cov and weights must all be tensors");
   TORCH_CHECK(x.dim() >= 1 && x.size(-1) == 3, "x must have shape [..., 3], got ",
@@ -46,8 +53,11 @@ Problem make_problem(const at::Tensor& x, const at::Tensor& means, const at::Ten
               cov.sizes());
   TORCH_CHECK(cov.size(0) == n, "cov must have shape [N, ", cov.size(1), "] with N = ", n,
               " as in means, got ", cov.sizes());
-  TORCH_CHECK(weights.dim() == 1 && weights.size(0) == n,
-              "weights must have shape [N] with N = ", n, " as in means, got ",
+  TORCH_CHECK((weights.dim() == 1 || weights.dim() == 2) && weights.size(0) == n,
+              "weights must have shape [N] or [N, C] with N = ", n, " as in means, got ",
+              weights.sizes());
+  TORCH_CHECK(weights.dim() == 1 || weights.size(1) >= 1,
+              "weights must have at least one channel ([N, C] with C >= 1), got ",
               weights.sizes());
   check_floating(x, "x");
   check_like_x(means, "means", x);
@@ -55,12 +65,18 @@ Problem make_problem(const at::Tensor& x, const at::Tensor& means, const at::Ten
   check_like_x(weights, "weights", x);
   TORCH_CHECK(std::isfinite(eps) && eps >= 0.0, "eps must be a finite number >= 0, got ",
               eps);
+  TORCH_CHECK(!cutoff.has_value() || (std::isfinite(*cutoff) && *cutoff > 0.0),
+              "cutoff must be None or a finite number > 0 (a Mahalanobis radius), got ",
+              cutoff.has_value() ? *cutoff : 0.0);
+  const at::DimVector out_shape = output_shape(x, weights);
   if (grad_out.defined()) {
-    TORCH_CHECK(grad_out.sizes() == x.sizes().slice(0, x.dim() - 1),
-                "grad_out must have shape x.shape[:-1] = ", x.sizes().slice(0, x.dim() - 1),
+    TORCH_CHECK(grad_out.sizes() == at::IntArrayRef(out_shape),
+                "grad_out must have the shape of the result (x.shape[:-1]",
+                weights.dim() == 2 ? " + (C,)" : "", ") = ", at::IntArrayRef(out_shape),
                 ", got ", grad_out.sizes());
     check_like_x(grad_out, "grad_out", x);
   }
+  const int64_t channels = weights.dim() == 2 ? weights.size(1) : 1;
 
   Problem prob;
   prob.x2d = x.reshape({-1, 3});
@@ -69,8 +85,10 @@ Problem make_problem(const at::Tensor& x, const at::Tensor& means, const at::Ten
   p.dtype = to_gf_dtype(x.scalar_type());
   p.cov_mode = cov.size(1) == 6 ? GF_COV_FULL : GF_COV_DIAG;
   p.eps = eps;
+  p.cutoff = cutoff.has_value() ? *cutoff : 0.0;  // 0: no cutoff
   p.num_points = prob.x2d.size(0);
   p.num_gaussians = n;
+  p.num_channels = channels;
   p.x = prob.x2d.data_ptr();
   p.x_stride[0] = prob.x2d.stride(0);
   p.x_stride[1] = prob.x2d.stride(1);
@@ -81,20 +99,23 @@ Problem make_problem(const at::Tensor& x, const at::Tensor& means, const at::Ten
   p.cov_stride[0] = cov.stride(0);
   p.cov_stride[1] = cov.stride(1);
   p.weights = weights.data_ptr();
-  p.weights_stride = weights.stride(0);
+  p.weights_stride[0] = weights.stride(0);
+  p.weights_stride[1] = weights.dim() == 2 ? weights.stride(1) : 0;
   if (grad_out.defined()) {
-    // grad_out has x's leading shape; a view as [B] exists for the common layouts
+    // grad_out has the result's shape; a view as [B, C] exists for the common layouts
     // (dense, or an expanded scalar from .sum()), otherwise reshape copies.
-    at::Tensor g = grad_out.reshape({-1});
+    at::Tensor g = weights.dim() == 2 ? grad_out.reshape({-1, channels})
+                                      : grad_out.reshape({-1, 1});
     p.grad_out = g.data_ptr();
-    p.grad_out_stride = g.stride(0);
+    p.grad_out_stride[0] = g.stride(0);
+    p.grad_out_stride[1] = g.stride(1);
     prob.grad_out_flat = g;
   }
   return prob;
 }
 
-at::Tensor allocate_output(const at::Tensor& x, const gf_params& p) {
-  auto shape = x.sizes().slice(0, x.dim() - 1);
+at::Tensor allocate_output(const at::Tensor& x, const at::Tensor& weights, const gf_params& p) {
+  const at::DimVector shape = output_shape(x, weights);
   if (p.num_points == 0 || p.num_gaussians == 0) return at::zeros(shape, x.options());
   return at::empty(shape, x.options());
 }
@@ -130,9 +151,10 @@ void check_status(gf_status status, const char* what) {
 
 TORCH_LIBRARY(gaussfield, m) {
   m.def(
-      "gaussian_field(Tensor x, Tensor means, Tensor cov, Tensor weights, float eps=1e-6) "
-      "-> Tensor");
+      "gaussian_field(Tensor x, Tensor means, Tensor cov, Tensor weights, float eps=1e-6, "
+      "float? cutoff=None) -> Tensor");
   m.def(
       "gaussian_field_backward(Tensor grad_out, Tensor x, Tensor means, Tensor cov, "
-      "Tensor weights, float eps, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
+      "Tensor weights, float eps, float? cutoff, bool[4] output_mask) -> (Tensor, Tensor, "
+      "Tensor, Tensor)");
 }

@@ -1,9 +1,11 @@
 """The drop-in module and forward for the notebook's Gaussian-field classes."""
+from typing import Optional
+
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .ops import gaussian_field
+from .ops import _check_cutoff, gaussian_field
 
 #: eps that the notebook's ``get_covariance`` adds to the diagonal of a full covariance.
 NOTEBOOK_EPS = 1e-6
@@ -22,6 +24,13 @@ def fused_forward(module: nn.Module, x: Tensor) -> Tensor:
     ``x`` is ``[B, 3]`` (result ``[B]``) or ``[3]`` (0-d result), as in the notebook;
     any ``[..., 3]`` works.
 
+    A ``cutoff`` attribute on the module (absent on the notebook's classes) is passed on
+    to :func:`gaussian_field`: to patch the notebook's class with a cutoff, set it on
+    the class or on an instance as well::
+
+        FastLearnableGaussianField.forward = gaussfield.fused_forward
+        FastLearnableGaussianField.cutoff = 6.0   # or model.cutoff = 6.0
+
     The notebook's ``cov_tril`` is float64 while its other parameters are float32
     (``torch.tensor`` infers float64 from the NumPy scalars it is built from), and its
     forward rounds it into a float32 ``L``.  This forward does the same: the covariance
@@ -30,7 +39,10 @@ def fused_forward(module: nn.Module, x: Tensor) -> Tensor:
     """
     cov = module.cov_tril if module.use_full_cov else module.log_scales
     means = module.means
-    return gaussian_field(x, means, cov.to(means.dtype), module.weights, eps=NOTEBOOK_EPS)
+    return gaussian_field(
+        x, means, cov.to(means.dtype), module.weights, eps=NOTEBOOK_EPS,
+        cutoff=getattr(module, "cutoff", None),
+    )
 
 
 class GaussianField(nn.Module):
@@ -43,13 +55,24 @@ class GaussianField(nn.Module):
     directions, bit for bit.  That includes the notebook's float64 ``cov_tril`` beside
     float32 ``means`` and ``weights``; ``forward`` (:func:`fused_forward`) computes in
     the dtype of ``means``, as the notebook's does.
+
+    ``cutoff`` (a Mahalanobis radius, see :func:`gaussian_field`) is a plain attribute,
+    not part of the ``state_dict``.
     """
 
-    def __init__(self, num_gaussians: int, volume_size: float = 10.0, use_full_cov: bool = True):
+    def __init__(
+        self,
+        num_gaussians: int,
+        volume_size: float = 10.0,
+        use_full_cov: bool = True,
+        cutoff: Optional[float] = None,
+    ):
         super().__init__()
         self.num_gaussians = num_gaussians
         self.volume_size = volume_size
         self.use_full_cov = use_full_cov
+        # not a buffer: the state_dict stays the notebook's
+        self.cutoff = None if cutoff is None else _check_cutoff(cutoff)
 
         # NumPy, as in the notebook: np.cbrt and math.cbrt differ in the last bit
         scale = volume_size / np.cbrt(num_gaussians)
@@ -97,5 +120,5 @@ class GaussianField(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"num_gaussians={self.num_gaussians}, volume_size={self.volume_size}, "
-            f"use_full_cov={self.use_full_cov}"
+            f"use_full_cov={self.use_full_cov}, cutoff={self.cutoff}"
         )

@@ -4,6 +4,8 @@ It materialises ``[..., N]`` intermediates (and autograd saves several of them),
 memory grows with B x N. It is here to check results against and to compare speed
 with (``torch.compile`` of it is the strongest PyTorch peer in the benchmark).
 """
+from typing import Optional
+
 import torch
 from torch import Tensor
 
@@ -27,11 +29,18 @@ def inverse_covariance(cov: Tensor, eps: float = 1e-6) -> Tensor:
 
 
 def gaussian_field_reference(
-    x: Tensor, means: Tensor, cov: Tensor, weights: Tensor, *, eps: float = 1e-6
+    x: Tensor,
+    means: Tensor,
+    cov: Tensor,
+    weights: Tensor,
+    *,
+    eps: float = 1e-6,
+    cutoff: Optional[float] = None,
 ) -> Tensor:
-    """Same contract as :func:`gaussfield.gaussian_field`, computed in closed form:
-    the inverse once per Gaussian, then the quadratic form written out over its six
-    unique entries (pointwise, so ``torch.compile`` fuses it), exp, weighted sum."""
+    """Same contract as :func:`gaussfield.gaussian_field` (channels and cutoff too),
+    computed in closed form: the inverse once per Gaussian, then the quadratic form
+    written out over its six unique entries (pointwise, so ``torch.compile`` fuses it),
+    exp, weighted sum."""
     p = inverse_covariance(cov, eps)
     d = x[..., None, :] - means  # [..., N, 3]
     dx, dy, dz = d.unbind(-1)
@@ -41,4 +50,9 @@ def gaussian_field_reference(
         + p[:, 2, 2] * dz * dz
         + 2.0 * (p[:, 0, 1] * dx * dy + p[:, 0, 2] * dx * dz + p[:, 1, 2] * dy * dz)
     )
-    return (weights * torch.exp(-0.5 * q)).sum(-1)
+    g = torch.exp(-0.5 * q)
+    if cutoff is not None:
+        g = torch.where(q <= cutoff * cutoff, g, torch.zeros_like(g))
+    if weights.dim() == 2:
+        return g @ weights  # [..., C]
+    return (weights * g).sum(-1)

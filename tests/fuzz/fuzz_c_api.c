@@ -3,9 +3,12 @@
  * standalone_main.c drives it where libFuzzer is not available).
  *
  * The input bytes choose a problem: dtype and cov_mode (valid or not), eps (any bits),
- * sizes (also negative), a layout per input (dense, transposed, padded, broadcast, or a
- * negative stride), which pointers are NULL, the ranges of each stage (also invalid),
- * and the values of every input (any bits: NaN, Inf, subnormals, huge).  Every buffer
+ * the cutoff (none as 0 or +inf, usual radii, tiny and huge ones, negative, NaN, or any
+ * bits), sizes (also negative) and the number of channels (also 0 and negative, and
+ * beyond GF_CPU_CHANNEL_BLOCK), a layout per input (dense, transposed, padded, broadcast
+ * rows or columns, or a negative stride), which pointers are NULL, the ranges of each
+ * stage (also invalid), and the values of every input (any bits: NaN, Inf, subnormals,
+ * huge).  Every buffer
  * is allocated with exactly the size its layout reaches, so AddressSanitizer sees any
  * access outside it.  Checked, besides "no crash, no undefined behaviour":
  *   - a call returns GF_OK exactly when its arguments are valid, else one of the
@@ -40,7 +43,7 @@ static uint64_t take(bytes *in, int k) {
     return v;
 }
 
-/* An input array [rows, cols] in one of five layouts; `elems` is how far it reaches. */
+/* An input array [rows, cols] in one of six layouts; `elems` is how far it reaches. */
 typedef struct {
     int64_t stride[2];
     size_t elems;
@@ -49,12 +52,13 @@ typedef struct {
 
 static layout make_layout(int code, int64_t rows, int64_t cols) {
     layout l = {{cols, 1}, 0, 1};
-    switch (code % 5) {
+    switch (code % 6) {
     case 0: break;                                    /* dense */
     case 1: l.stride[0] = 1; l.stride[1] = rows; break; /* transposed */
     case 2: l.stride[0] = 2 * cols + 1; break;         /* padded rows */
     case 3: l.stride[0] = 0; break;                    /* broadcast rows */
     case 4: l.stride[0] = -1; l.valid = 0; break;      /* negative: invalid */
+    case 5: l.stride[0] = 1; l.stride[1] = 0; break;   /* broadcast columns */
     }
     if (rows > 0 && cols > 0 && l.valid)
         l.elems = (size_t)((rows - 1) * l.stride[0] + (cols - 1) * l.stride[1] + 1);
@@ -97,24 +101,38 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     } else {
         p.eps = 1e-6;
     }
+    /* the cutoff: a radius k > 0, 0 or +inf for none; negative or NaN is an error */
+    static const double cutoffs[10] = {0.0, 1.0 / 0.0, 1.5, 3.0, 0.05, 1e-300, 1e200, -1.0,
+                                       -1.0 / 0.0, 0.0 / 0.0};
+    const int cutoff_code = (int)((flags >> 5) % 11);
+    if (cutoff_code == 10) {
+        uint64_t bits = take(&in, 8);
+        memcpy(&p.cutoff, &bits, sizeof p.cutoff);
+    } else {
+        p.cutoff = cutoffs[cutoff_code];
+    }
     const int64_t B = (int64_t)(take(&in, 1) % 40) - 2; /* -2 .. 37 */
     const int64_t N = (int64_t)(take(&in, 1) % 24) - 2; /* -2 .. 21 */
+    const int64_t C = (int64_t)(take(&in, 1) % 24) - 2; /* -2 .. 21 channels */
     p.num_points = B;
     p.num_gaussians = N;
-    const int64_t Bp = B > 0 ? B : 0, Np = N > 0 ? N : 0;
+    p.num_channels = C;
+    const int64_t Bp = B > 0 ? B : 0, Np = N > 0 ? N : 0, Cp = C > 0 ? C : 0;
     const int cov_cols = p.cov_mode == GF_COV_FULL ? 6 : 3;
     const int layouts = (int)take(&in, 2);
-    const layout lx = make_layout(layouts, Bp, 3), lm = make_layout(layouts / 5, Np, 3),
-                 lc = make_layout(layouts / 25, Np, cov_cols),
-                 lw = make_layout(layouts / 125, Np, 1), lg = make_layout(layouts / 625, Bp, 1);
+    const layout lx = make_layout(layouts, Bp, 3), lm = make_layout(layouts / 6, Np, 3),
+                 lc = make_layout(layouts / 36, Np, cov_cols),
+                 lw = make_layout(layouts / 216, Np, Cp), lg = make_layout(layouts / 1296, Bp, Cp);
     p.x_stride[0] = lx.stride[0];
     p.x_stride[1] = lx.stride[1];
     p.means_stride[0] = lm.stride[0];
     p.means_stride[1] = lm.stride[1];
     p.cov_stride[0] = lc.stride[0];
     p.cov_stride[1] = lc.stride[1];
-    p.weights_stride = lw.stride[0];
-    p.grad_out_stride = lg.stride[0];
+    p.weights_stride[0] = lw.stride[0];
+    p.weights_stride[1] = lw.stride[1];
+    p.grad_out_stride[0] = lg.stride[0];
+    p.grad_out_stride[1] = lg.stride[1];
 
     const size_t es = p.dtype == GF_FLOAT32 ? 4 : 8; /* an unknown dtype reads nothing */
     void *x = fill(&in, lx.elems, es), *mu = fill(&in, lm.elems, es), *cov = fill(&in, lc.elems, es),
@@ -126,7 +144,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     p.weights = (nulls & 8) ? NULL : w;
     p.grad_out = (nulls & 16) ? NULL : g;
 
-    const size_t out_elems = (size_t)(Bp * 4 + Np * (4 + cov_cols));
+    /* out [B, C], grad_x [B, 3], grad_means [N, 3], grad_cov [N, cov], grad_weights [N, C] */
+    const size_t out_elems = (size_t)(Bp * (Cp + 3) + Np * (3 + cov_cols + Cp));
     unsigned char *outs[2];
     void *recs[2];
     const int64_t b_cut = Bp ? (int64_t)(take(&in, 1) % (uint64_t)(Bp + 1)) : 0;
@@ -139,19 +158,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         unsigned char *o = outs[pass];
         p.records = (nulls & 32) ? NULL : recs[pass];
         p.out = (nulls & 64) ? NULL : o;
-        p.grad_x = (nulls & 128) ? NULL : o + es * (size_t)Bp;
-        p.grad_means = (nulls & 256) ? NULL : o + es * (size_t)(4 * Bp);
-        p.grad_cov = (nulls & 512) ? NULL : o + es * (size_t)(4 * Bp + 3 * Np);
-        p.grad_weights = (nulls & 1024) ? NULL : o + es * (size_t)(4 * Bp + (3 + cov_cols) * Np);
+        p.grad_x = (nulls & 128) ? NULL : o + es * (size_t)(Bp * Cp);
+        p.grad_means = (nulls & 256) ? NULL : o + es * (size_t)(Bp * (Cp + 3));
+        p.grad_cov = (nulls & 512) ? NULL : o + es * (size_t)(Bp * (Cp + 3) + 3 * Np);
+        p.grad_weights = (nulls & 1024) ? NULL : o + es * (size_t)(Bp * (Cp + 3) + (3 + cov_cols) * Np);
         /* pass 0 runs whole ranges, pass 1 the cut ones */
         st[pass] = pass == 0 ? run(&p, Bp, Np) : run(&p, b_cut, n_cut);
     }
 
     /* GF_OK exactly when the problem is valid (NULL outputs of the backward are
      * allowed; a NULL input or output that a non-empty stage needs is not). */
-    const int valid_common = dtype_code != 2 && mode_code != 2 &&
-                             p.eps >= 0.0 && p.eps <= 1.7976931348623157e308 && B >= 0 &&
-                             N >= 0 && lx.valid && lm.valid && lc.valid && lw.valid && lg.valid;
+    const int valid_but_cutoff = dtype_code != 2 && mode_code != 2 && p.eps >= 0.0 &&
+                                 p.eps <= 1.7976931348623157e308 && B >= 0 && N >= 0 &&
+                                 C >= 1 && lx.valid && lm.valid && lc.valid && lw.valid &&
+                                 lg.valid;
+    const int valid_common = valid_but_cutoff && p.cutoff >= 0.0; /* +inf included, NaN not */
     int needs_ok = 1;
     if (N > 0 && (!p.means || !p.cov || !p.weights || !p.records)) needs_ok = 0;
     if (B > 0 && (!p.x || !p.out)) needs_ok = 0;
@@ -160,7 +181,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const int expect_ok = valid_common && needs_ok;
     for (int pass = 0; pass < 2; ++pass) {
         REQUIRE((st[pass] == GF_OK) == expect_ok);
-        REQUIRE(st[pass] >= GF_OK && st[pass] <= GF_ERR_SMALL_WORKSPACE);
+        REQUIRE((st[pass] >= GF_OK && st[pass] <= GF_ERR_SMALL_WORKSPACE) ||
+                st[pass] == GF_ERR_BAD_CUTOFF);
+        /* the cutoff's own status when the cutoff alone is wrong */
+        if (valid_but_cutoff && needs_ok && !(p.cutoff >= 0.0))
+            REQUIRE(st[pass] == GF_ERR_BAD_CUTOFF);
     }
     REQUIRE(st[0] == st[1]);
     if (expect_ok) REQUIRE(memcmp(outs[0], outs[1], out_elems * es) == 0);
