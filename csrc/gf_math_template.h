@@ -58,20 +58,11 @@ GF_HD GF_T GF_FN(gf_fma)(GF_T a, GF_T b, GF_T c) {
  * so that the exponent field stays in range; below the smallest normal the result is 0,
  * as on the GPU.  NaN propagates.
  */
-GF_HD GF_T GF_FN(gf_exp2)(GF_T q) {
-#if defined(__CUDA_ARCH__)
-#if GF_T_IS_FLOAT
-    float r;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(q));
-    return r;
-#else
-    return exp2(q);
-#endif
-#else /* host */
+#if !defined(__CUDA_ARCH__)
+/* The host's 2^q for q already clamped to the exponent field's range (see gf_exp2). */
+GF_HD GF_T GF_FN(gf_exp2_in_range)(GF_T q) {
 #if GF_T_IS_FLOAT
     const float magic = 12582912.0f; /* 1.5 * 2^23 */
-    q = q < -127.0f ? -127.0f : q;
-    q = q > 127.0f ? 127.0f : q;
     const float t = q + magic;
     const float f = q - (t - magic);
     float p = 1.5252733804059840e-05f;
@@ -91,8 +82,6 @@ GF_HD GF_T GF_FN(gf_exp2)(GF_T q) {
     return p * s;
 #else
     const double magic = 6755399441055744.0; /* 1.5 * 2^52 */
-    q = q < -1023.0 ? -1023.0 : q;
-    q = q > 1023.0 ? 1023.0 : q;
     const double t = q + magic;
     const double f = q - (t - magic);
     double p = 1.3691488853904124e-12;
@@ -116,6 +105,29 @@ GF_HD GF_T GF_FN(gf_exp2)(GF_T q) {
     memcpy(&s, &sb, sizeof s);
     return p * s;
 #endif
+}
+#endif
+
+/* The exponent field's range: below it the result is 0, above it the clamp saturates. */
+#if GF_T_IS_FLOAT
+#define GF_EXP2_MAX 127.0f
+#else
+#define GF_EXP2_MAX 1023.0
+#endif
+
+GF_HD GF_T GF_FN(gf_exp2)(GF_T q) {
+#if defined(__CUDA_ARCH__)
+#if GF_T_IS_FLOAT
+    float r;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(q));
+    return r;
+#else
+    return exp2(q);
+#endif
+#else
+    q = q < -GF_EXP2_MAX ? -GF_EXP2_MAX : q;
+    q = q > GF_EXP2_MAX ? GF_EXP2_MAX : q;
+    return GF_FN(gf_exp2_in_range)(q);
 #endif
 }
 
@@ -125,30 +137,11 @@ GF_HD GF_T GF_FN(gf_exp2_nonpos)(GF_T e) {
 #if defined(__CUDA_ARCH__)
     return GF_FN(gf_exp2)(e);
 #else
-#if GF_T_IS_FLOAT
-    const float magic = 12582912.0f; /* 1.5 * 2^23 */
-    e = e < -127.0f ? -127.0f : e;
-    const float t = e + magic;
-    const float f = e - (t - magic);
-    float p = 1.5252733804059840e-05f;
-    p = p * f + 1.5403530393381609e-04f;
-    p = p * f + 1.3333558146428443e-03f;
-    p = p * f + 9.6181291076284772e-03f;
-    p = p * f + 5.5504108664821580e-02f;
-    p = p * f + 2.4022650695910071e-01f;
-    p = p * f + 6.9314718055994531e-01f;
-    p = p * f + 1.0f;
-    int32_t tb;
-    memcpy(&tb, &t, sizeof tb);
-    const int32_t sb = (int32_t)((uint32_t)(tb - 0x4B400000 + 127) << 23);
-    float sc;
-    memcpy(&sc, &sb, sizeof sc);
-    return p * sc;
-#else
-    return GF_FN(gf_exp2)(e);
-#endif
+    e = e < -GF_EXP2_MAX ? -GF_EXP2_MAX : e;
+    return GF_FN(gf_exp2_in_range)(e);
 #endif
 }
+#undef GF_EXP2_MAX
 
 /* v rounded to GF_T, saturating at the largest finite value: an inverse covariance
  * entry that is finite in double stays finite in float (a Gaussian far narrower than
