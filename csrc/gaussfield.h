@@ -99,7 +99,7 @@ typedef struct gf_params {
     const void *weights;  int64_t weights_stride[2];  /* [N, C] */
     const void *grad_out; int64_t grad_out_stride[2]; /* [B, C], backward only */
 
-    /* [N] per-Gaussian records (mean, whitening factor, cutoff), written by
+    /* [N] per-Gaussian records (mean, weight of channel 0, whitening factor, cutoff), written by
      * gf_cpu_precompute; gf_records_bytes() bytes, aligned to 64 bytes.  The CUDA
      * functions keep their records in their own workspace and ignore this field. */
     void *records;
@@ -128,10 +128,10 @@ size_t gf_records_bytes(gf_dtype dtype, int64_t num_gaussians);
 /* Reads means, cov, weights, eps, cutoff; writes records[begin, end). */
 gf_status gf_cpu_precompute(const gf_params *params, int64_t begin, int64_t end);
 
-/* Reads x, records; writes out[begin, end). */
+/* Reads x, records (and weights when C > 1); writes rows [begin, end) of out. */
 gf_status gf_cpu_forward(const gf_params *params, int64_t begin, int64_t end);
 
-/* Reads x, grad_out, records; writes grad_x rows [begin, end). */
+/* Reads x, grad_out, records (and weights when C > 1); writes grad_x rows [begin, end). */
 gf_status gf_cpu_backward_points(const gf_params *params, int64_t begin, int64_t end);
 
 /* Reads x, grad_out, means, cov, weights, records; writes rows [begin, end) of those of

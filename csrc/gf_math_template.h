@@ -143,8 +143,8 @@ GF_HD GF_T GF_FN(gf_exp2_nonpos)(GF_T e) {
 }
 #undef GF_EXP2_MAX
 
-/* v rounded to GF_T, saturating at the largest finite value: an inverse covariance
- * entry that is finite in double stays finite in float (a Gaussian far narrower than
+/* v rounded to GF_T, saturating at the largest finite value: a whitening-factor entry
+ * (or cutoff threshold) that is finite in double stays finite in float (a Gaussian far narrower than
  * float's range then still gives its weight at its mean and 0 elsewhere, as the double
  * maths does).  Infinities and NaN pass through.  (Named with GF_TYPE: it differs
  * between the types only in its return type, so C++ cannot overload it.) */
@@ -178,7 +178,7 @@ GF_HD void GF_FN(gf_record_init)(GF_TYPE(gf_record) *r,
     r->m20 = GF_TYPE(gf_narrow)(a * m[GF_L20]);
     r->m21 = GF_TYPE(gf_narrow)(a * m[GF_L21]);
     r->m22 = GF_TYPE(gf_narrow)(a * m[GF_L22]);
-    r->nkq = (GF_T)(-gf_cutoff_threshold(cutoff));
+    r->nkq = GF_TYPE(gf_narrow)(-gf_cutoff_threshold(cutoff)); /* -inf stays -inf */
     r->pad0 = r->pad1 = r->pad2 = r->pad3 = r->pad4 = (GF_T)0;
 }
 

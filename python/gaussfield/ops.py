@@ -28,11 +28,17 @@ def _result_shape(x, weights):
 def _gaussian_field_fake(x, means, cov, weights, eps=1e-6, cutoff=None):
     torch._check(weights.dim() in (1, 2), lambda: "weights must have shape [N] or [N, C]")
     torch._check(weights.shape[0] == means.shape[0], lambda: "weights and means disagree on N")
+    torch._check(weights.dim() == 1 or weights.shape[1] >= 1,
+                 lambda: "weights must have at least one channel ([N, C] with C >= 1)")
+    torch._check(cutoff is None or (math.isfinite(cutoff) and cutoff > 0),
+                 lambda: "cutoff must be None or a finite number > 0")
     return x.new_empty(_result_shape(x, weights))
 
 
 @torch.library.register_fake(_BACKWARD)
 def _gaussian_field_backward_fake(grad_out, x, means, cov, weights, eps, cutoff, output_mask):
+    torch._check(tuple(grad_out.shape) == _result_shape(x, weights),
+                 lambda: "grad_out must have the shape of the result")
     return tuple(
         t.new_empty(t.shape) if wanted else None
         for t, wanted in zip((x, means, cov, weights), output_mask)
@@ -240,6 +246,8 @@ def gaussian_field(
 
 def _check_cutoff(cutoff) -> float:
     """``cutoff`` as a float, or a ValueError naming it."""
+    if isinstance(cutoff, (bool, str, bytes)):
+        raise ValueError(f"cutoff must be None or a finite number > 0, got {cutoff!r}")
     try:
         k = float(cutoff)
     except (TypeError, ValueError):
