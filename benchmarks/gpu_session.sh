@@ -163,7 +163,8 @@ PY
   sanquick)
     stage sanquick
     for tool in memcheck racecheck initcheck; do
-      run compute-sanitizer --tool $tool --error-exitcode 3 python3 tests/cuda_sanitize.py > "$OUT/san.txt"
+      run compute-sanitizer --tool $tool --error-exitcode 3 python3 tests/cuda_sanitize.py > "$OUT/san.txt" \
+        || tail -25 "$OUT/san.txt"
       grep -E "ERROR SUMMARY|RACECHECK SUMMARY|all checks passed|Error" "$OUT/san.txt" | tail -4
     done
     rm -f "$OUT/san.txt"
