@@ -34,11 +34,11 @@ def test_bad_shapes_name_the_argument(which, bad, message):
         f(*ins)
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.int32, torch.complex64])
+@pytest.mark.parametrize("dtype", [torch.int32, torch.complex64])
 def test_unsupported_dtype(dtype):
     ins = good()
     ins[0] = ins[0].to(dtype)
-    with pytest.raises(RuntimeError, match="x must be float32 or float64, got"):
+    with pytest.raises(RuntimeError, match="x must be float16, bfloat16, float32 or float64, got"):
         f(*ins)
 
 

@@ -322,7 +322,7 @@ def test_integer_bool_complex_inputs_are_refused(which, dtype):
     ins = make_inputs(5, 4, "full", torch.float32, "cpu", 3)
     ins[which] = ins[which].to(dtype)
     name = ["x", "means", "cov", "weights"][which]
-    with pytest.raises(RuntimeError, match=f"{name} must (be float32 or float64|have the same dtype as x)"):
+    with pytest.raises(RuntimeError, match=f"{name} must (be float16, bfloat16, float32 or float64|have the same dtype as x)"):
         f(*ins)
 
 

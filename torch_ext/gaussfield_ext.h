@@ -5,8 +5,10 @@
 #include <ATen/core/Tensor.h>
 
 #include <array>
+#include <initializer_list>
 #include <optional>
 #include <tuple>
+#include <utility>
 
 #include "gaussfield.h"
 
@@ -45,5 +47,45 @@ void set_grad_outputs(gf_params& p, const std::array<at::Tensor, 4>& grads);
 void check_status(gf_status status, const char* what);
 
 using BackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+// Low-precision inputs.  The C core computes in float32 or float64; an op that receives
+// a float16 or bfloat16 input computes in float32, or in float64 where another input is
+// float64, and returns its result in x's dtype and each gradient in its input's dtype
+// (so autograd sees the dtypes it expects).  Without a low-precision input nothing is
+// converted, and inputs of different dtypes stay an error.
+using NamedTensor = std::pair<const char*, const at::Tensor*>;
+
+// The dtype to compute in, or nullopt when no input is of low precision.  Throws, naming
+// the argument, for a dtype that is not floating point of one of these four.
+std::optional<at::ScalarType> promoted_dtype(std::initializer_list<NamedTensor> inputs);
+
+// The forward `impl` (the CPU or CUDA implementation), through promoted_dtype.
+template <typename Impl>
+at::Tensor forward_promoted(Impl impl, const at::Tensor& x, const at::Tensor& means,
+                            const at::Tensor& cov, const at::Tensor& weights, double eps,
+                            std::optional<double> cutoff) {
+  const auto dt = promoted_dtype({{"x", &x}, {"means", &means}, {"cov", &cov}, {"weights", &weights}});
+  if (!dt) return impl(x, means, cov, weights, eps, cutoff);
+  return impl(x.to(*dt), means.to(*dt), cov.to(*dt), weights.to(*dt), eps, cutoff)
+      .to(x.scalar_type());
+}
+
+// The backward `impl`, through promoted_dtype.
+template <typename Impl>
+BackwardResult backward_promoted(Impl impl, const at::Tensor& grad_out, const at::Tensor& x,
+                                 const at::Tensor& means, const at::Tensor& cov,
+                                 const at::Tensor& weights, double eps,
+                                 std::optional<double> cutoff, std::array<bool, 4> output_mask) {
+  const auto dt = promoted_dtype({{"grad_out", &grad_out}, {"x", &x}, {"means", &means},
+                                  {"cov", &cov}, {"weights", &weights}});
+  if (!dt) return impl(grad_out, x, means, cov, weights, eps, cutoff, output_mask);
+  auto grads = impl(grad_out.to(*dt), x.to(*dt), means.to(*dt), cov.to(*dt), weights.to(*dt),
+                    eps, cutoff, output_mask);
+  auto back = [](const at::Tensor& g, const at::Tensor& like) {
+    return g.defined() ? g.to(like.scalar_type()) : g;
+  };
+  return {back(std::get<0>(grads), x), back(std::get<1>(grads), means),
+          back(std::get<2>(grads), cov), back(std::get<3>(grads), weights)};
+}
 
 }  // namespace gaussfield

@@ -17,6 +17,8 @@ void check_floating(const at::Tensor& t, const char* name) {
               " must be float32 or float64, got ", t.scalar_type());
 }
 
+bool is_low_precision(at::ScalarType t) { return t == at::kHalf || t == at::kBFloat16; }
+
 void check_like_x(const at::Tensor& t, const char* name, const at::Tensor& x) {
   TORCH_CHECK(t.scalar_type() == x.scalar_type(), name,
               " must have the same dtype as x (", x.scalar_type(), "), got ",
@@ -30,6 +32,20 @@ gf_dtype to_gf_dtype(at::ScalarType t) {
 }
 
 }  // namespace
+
+std::optional<at::ScalarType> promoted_dtype(std::initializer_list<NamedTensor> inputs) {
+  bool low = false, wide = false;
+  for (const auto& [name, t] : inputs) {
+    if (!t->defined()) continue;
+    const at::ScalarType s = t->scalar_type();
+    TORCH_CHECK(is_low_precision(s) || s == at::kFloat || s == at::kDouble, name,
+                " must be float16, bfloat16, float32 or float64, got ", s);
+    low = low || is_low_precision(s);
+    wide = wide || s == at::kDouble;
+  }
+  if (!low) return std::nullopt;  // make_problem checks that they share one dtype
+  return wide ? at::kDouble : at::kFloat;
+}
 
 at::DimVector output_shape(const at::Tensor& x, const at::Tensor& weights) {
   at::DimVector shape(x.sizes().slice(0, x.dim() - 1));

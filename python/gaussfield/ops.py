@@ -235,8 +235,11 @@ def gaussian_field(
     factor of ``Sigma_n`` computed once per Gaussian in float64: accurate in float32 on
     elongated, strongly correlated Gaussians, and never negative.
 
-    All inputs must share one dtype (float32 or float64) and one device (CPU or CUDA);
-    they may be non-contiguous. Differentiable with respect to all four tensors (first
+    Inputs share one device (CPU or CUDA) and may be non-contiguous.  dtypes: float32 or
+    float64, all alike; where an input is float16 or bfloat16 the op computes in float32
+    (float64 if another input is float64) and returns ``x``'s dtype, each gradient in its
+    input's dtype.  Under ``torch.autocast`` the result is float32 (float64 where an
+    input is float64). Differentiable with respect to all four tensors (first
     order); only the gradients that autograd asks for are computed.
     """
     if cutoff is not None:
