@@ -1,0 +1,27 @@
+// gaussfield.hpp - the C++ (LibTorch) entry point of gaussfield, with autograd.
+//
+// Link libgaussfield_ops (which registers the ops with the dispatcher) and call
+// gaussfield::gaussian_field like any differentiable torch function: loss.backward()
+// then reaches x, means, cov and weights, with no Python anywhere.  Python programs use
+// the op itself (torch.ops.gaussfield.gaussian_field), whose Autograd kernel is
+// registered from Python; this function does not go through that kernel, so the two
+// never meet.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+
+namespace gaussfield {
+
+// f(x) = sum_n w_n exp(-q_n(x) / 2) [q_n(x) <= cutoff^2] for points x [..., 3], means
+// [N, 3], cov [N, 6] (cov_tril) or [N, 3] (log_scales) and weights [N] or [N, C]; the
+// same contract as the Python gaussfield.gaussian_field.  Differentiable to first order
+// with respect to all four tensors (only the gradients autograd asks for are computed);
+// the backward recomputes every pair term, so memory stays O(B + N).  Thread-safe as
+// any torch function.
+at::Tensor gaussian_field(const at::Tensor& x, const at::Tensor& means, const at::Tensor& cov,
+                          const at::Tensor& weights, double eps = 1e-6,
+                          std::optional<double> cutoff = std::nullopt);
+
+}  // namespace gaussfield
