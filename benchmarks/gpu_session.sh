@@ -16,6 +16,8 @@
 # cudatest  pytest's CUDA cases only (-k cuda), quicker than `test`
 # sanquick  compute-sanitizer memcheck, racecheck and initcheck over tests/cuda_sanitize.py
 #           alone (launch configurations, channel blocks, cutoff), quicker than `sanitize`
+# graphs    the training example eager and with --cuda-graph, at B = 500, N = 1000 and at
+#           the CPU defaults' size (the times printed)
 # maths     benchmarks/bench_maths.py: accuracy, exact op before/after (the previous
 #           build from .bench_old/, carried), channels, cutoff ($OUT/results/)
 # diag      the CUDA machine's toolchain, and bad-input errors one case at a time
@@ -168,6 +170,15 @@ PY
       grep -E "ERROR SUMMARY|RACECHECK SUMMARY|all checks passed|Error" "$OUT/san.txt" | tail -4
     done
     rm -f "$OUT/san.txt"
+    ;;
+  graphs)
+    stage graphs
+    for size in "--gaussians 1000 --batch 500" "--gaussians 2000 --batch 4096"; do
+      for mode in "" "--cuda-graph"; do
+        run python3 examples/train_end_to_end.py $size --steps 1000 --grid 32 $mode --quiet \
+          --out /tmp/graphs | grep -E "ms per step"
+      done
+    done
     ;;
   maths)
     stage maths

@@ -76,24 +76,56 @@ class Progress:
 
 
 def train(model, target, args, device, sync):
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    """Adam on fresh random points every step; with --cuda-graph, steps from the fourth
+    on replay one CUDA graph of the whole step (forward, loss, backward, Adam), the
+    points copied into its static input first."""
+    graphed = args.cuda_graph
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr, capturable=graphed)
     points = torch.Generator().manual_seed(args.seed + 1)  # the data: the same on every device
     losses = torch.empty(args.steps, dtype=torch.float64, device=device)
     progress = Progress(args.steps, enabled=not args.quiet)
-    start = None
-    for step in range(args.steps):
-        if step == 1:  # the first step carries one-time costs; time the rest
-            sync()
-            start = time.perf_counter()
-        x = (torch.rand(args.batch, 3, generator=points) * VOLUME).to(device)
-        opt.zero_grad(set_to_none=True)
+
+    def step(x):
         loss = F.mse_loss(model(x), target(x))
         loss.backward()
         opt.step()
-        losses[step] = loss.detach()
-        progress.update(step, lambda: losses[step].item())
+        return loss.detach()
+
+    warmup = 3  # eager steps before capture (on a side stream, as CUDA graphs ask)
+    # timed from the first step after warm-up and capture (both modes alike, so the
+    # times compare); from step 1 in short runs
+    timed_from = warmup + 1 if args.steps > warmup + 1 else 1
+    side = torch.cuda.Stream(device) if graphed else None
+    static_x, static_loss, graph = None, None, None
+    start = None
+    for step_index in range(args.steps):
+        if step_index == timed_from:
+            sync()
+            start = time.perf_counter()
+        x = (torch.rand(args.batch, 3, generator=points) * VOLUME).to(device)
+        if not graphed:
+            opt.zero_grad(set_to_none=True)
+            losses[step_index] = step(x)
+        elif step_index < warmup:
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                opt.zero_grad(set_to_none=True)
+                losses[step_index] = step(x)
+            torch.cuda.current_stream(device).wait_stream(side)
+        else:
+            if graph is None:
+                static_x = x.clone()
+                graph = torch.cuda.CUDAGraph()
+                opt.zero_grad(set_to_none=True)  # the graph's backward writes fresh grads
+                with torch.cuda.graph(graph):
+                    static_loss = step(static_x)
+            static_x.copy_(x)
+            graph.replay()
+            losses[step_index] = static_loss
+        progress.update(step_index, lambda: losses[step_index].item())
     sync()
-    per_step = (time.perf_counter() - start) / (args.steps - 1) if args.steps > 1 else float("nan")
+    per_step = ((time.perf_counter() - start) / (args.steps - timed_from)
+                if args.steps > 1 else float("nan"))
     return losses.tolist(), per_step
 
 
@@ -163,7 +195,11 @@ def parse_args(argv=None):
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"),
                     help="directory for the pictures and the JSON (default: examples/results)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    ap.add_argument("--cuda-graph", action="store_true",
+                    help="capture the whole training step in one CUDA graph (fused, CUDA only)")
     args = ap.parse_args(argv)
+    if args.cuda_graph and (args.impl != "fused" or not args.device.startswith("cuda")):
+        ap.error("--cuda-graph needs --impl fused on a CUDA device")
     for key, value in DEFAULTS["cuda" if args.device.startswith("cuda") else "cpu"].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -198,7 +234,7 @@ def main(argv=None):
     date = _dt.date.today().isoformat()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"train-{args.impl}-{slug(device)}-{date}"
+    stem = out / f"train-{args.impl}{'-graph' if args.cuda_graph else ''}-{slug(device)}-{date}"
     title = (f"{args.impl}, N={args.gaussians}, {args.steps} steps of {args.batch} points, "
              f"{device_name(device)}, {date}: PSNR {psnr:.2f} dB")
     files = write_pictures(stem, losses, truth, pred, title)
