@@ -176,7 +176,8 @@ PY
     for size in "--gaussians 1000 --batch 500" "--gaussians 2000 --batch 4096"; do
       for mode in "" "--cuda-graph"; do
         run python3 examples/train_end_to_end.py $size --steps 1000 --grid 32 $mode --quiet \
-          --out /tmp/graphs | grep -E "ms per step"
+          --out /tmp/graphs > /tmp/graphs.log || tail -20 /tmp/graphs.log
+        grep -E "ms per step" /tmp/graphs.log
       done
     done
     ;;

@@ -78,15 +78,16 @@ class Progress:
 def train(model, target, args, device, sync):
     """Adam on fresh random points every step; with --cuda-graph, steps from the fourth
     on replay one CUDA graph of the whole step (forward, loss, backward, Adam), the
-    points copied into its static input first."""
+    points and the target's values at them (the data, computed outside the graph)
+    copied into its static inputs first."""
     graphed = args.cuda_graph
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, capturable=graphed)
     points = torch.Generator().manual_seed(args.seed + 1)  # the data: the same on every device
     losses = torch.empty(args.steps, dtype=torch.float64, device=device)
     progress = Progress(args.steps, enabled=not args.quiet)
 
-    def step(x):
-        loss = F.mse_loss(model(x), target(x))
+    def step(x, t):
+        loss = F.mse_loss(model(x), t)
         loss.backward()
         opt.step()
         return loss.detach()
@@ -96,30 +97,32 @@ def train(model, target, args, device, sync):
     # times compare); from step 1 in short runs
     timed_from = warmup + 1 if args.steps > warmup + 1 else 1
     side = torch.cuda.Stream(device) if graphed else None
-    static_x, static_loss, graph = None, None, None
+    static_x, static_t, static_loss, graph = None, None, None, None
     start = None
     for step_index in range(args.steps):
         if step_index == timed_from:
             sync()
             start = time.perf_counter()
         x = (torch.rand(args.batch, 3, generator=points) * VOLUME).to(device)
+        t = target(x)
         if not graphed:
             opt.zero_grad(set_to_none=True)
-            losses[step_index] = step(x)
+            losses[step_index] = step(x, t)
         elif step_index < warmup:
             side.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(side):
                 opt.zero_grad(set_to_none=True)
-                losses[step_index] = step(x)
+                losses[step_index] = step(x, t)
             torch.cuda.current_stream(device).wait_stream(side)
         else:
             if graph is None:
-                static_x = x.clone()
+                static_x, static_t = x.clone(), t.clone()
                 graph = torch.cuda.CUDAGraph()
                 opt.zero_grad(set_to_none=True)  # the graph's backward writes fresh grads
                 with torch.cuda.graph(graph):
-                    static_loss = step(static_x)
+                    static_loss = step(static_x, static_t)
             static_x.copy_(x)
+            static_t.copy_(t)
             graph.replay()
             losses[step_index] = static_loss
         progress.update(step_index, lambda: losses[step_index].item())
