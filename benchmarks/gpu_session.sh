@@ -180,6 +180,7 @@ PY
         grep -E "ms per step" /tmp/graphs.log
       done
     done
+    run python3 benchmarks/bench_graph_step.py --out "$OUT/results"
     ;;
   maths)
     stage maths
