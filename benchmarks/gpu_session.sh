@@ -104,7 +104,8 @@ PY
     for tool in memcheck racecheck initcheck; do
       run compute-sanitizer --tool $tool --error-exitcode 3 python3 tests/cuda_sanitize.py > "$OUT/san.txt"
       tail -4 "$OUT/san.txt"
-      files="tests/test_reliability.py"; [ $tool = racecheck ] || files="$files tests/test_properties.py"
+      files="tests/test_reliability.py tests/test_cutoff.py tests/test_channels.py tests/test_vmap.py"
+      [ $tool = racecheck ] || files="$files tests/test_properties.py"
       run compute-sanitizer --tool $tool --error-exitcode 3 python3 -m pytest -q -p no:cacheprovider \
         $files -k "$edge" > "$OUT/san-$tool.txt"
       grep -E "ERROR SUMMARY|RACECHECK SUMMARY|passed|failed" "$OUT/san-$tool.txt" | tail -4
