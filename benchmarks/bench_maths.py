@@ -52,7 +52,6 @@ def needles(N, B, seed, dtype=None):
 
 
 def rel(a, b):
-    import torch
     a = a.detach().double().cpu()
     b = b.detach().double().cpu()
     return ((a - b).norm() / b.norm()).item()
@@ -143,14 +142,22 @@ def exact_speed(device):
     return out
 
 
-def channels_speed(device):
+def field_inputs(B, N, device):
+    """A generator (for the weights to come), points, means and cov_tril of the speed
+    cases; means and cov require grad."""
     import torch
-    import gaussfield
-    B, N = (100_000, 10_000) if device.type == "cuda" else (10_000, 2_000)
     g = torch.Generator().manual_seed(0)
     x = (torch.rand(B, 3, generator=g) * 10).to(device)
     m = (torch.rand(N, 3, generator=g) * 10).to(device).requires_grad_()
     c = torch.full((N, 6), -0.77).to(device).requires_grad_()
+    return g, x, m, c
+
+
+def channels_speed(device):
+    import torch
+    import gaussfield
+    B, N = (100_000, 10_000) if device.type == "cuda" else (10_000, 2_000)
+    g, x, m, c = field_inputs(B, N, device)
     out = {"B": B, "N": N}
     for C in (0, 1, 3, 8, 32):  # 0: weights [N] (the scalar case)
         w = (torch.randn(N, generator=g) if C == 0 else torch.randn(N, C, generator=g)).to(device).requires_grad_()
@@ -172,10 +179,7 @@ def cutoff_speed(device):
     import torch
     import gaussfield
     B, N = (100_000, 10_000) if device.type == "cuda" else (10_000, 5_000)
-    g = torch.Generator().manual_seed(0)
-    x = (torch.rand(B, 3, generator=g) * 10).to(device)
-    m = (torch.rand(N, 3, generator=g) * 10).to(device).requires_grad_()
-    c = torch.full((N, 6), -0.77).to(device).requires_grad_()
+    g, x, m, c = field_inputs(B, N, device)
     w = torch.randn(N, generator=g).to(device).requires_grad_()
     out = {"B": B, "N": N}
     for k in (None, 6.0):

@@ -85,18 +85,8 @@ BackwardResult gaussian_field_backward_cpu(const at::Tensor& grad_out, const at:
 }  // namespace gaussfield
 
 TORCH_LIBRARY_IMPL(gaussfield, CPU, m) {
-  m.impl("gaussian_field", [](const at::Tensor& x, const at::Tensor& means,
-                              const at::Tensor& cov, const at::Tensor& weights, double eps,
-                              std::optional<double> cutoff) {
-    return gaussfield::forward_promoted(&gaussfield::gaussian_field_cpu, x, means, cov,
-                                        weights, eps, cutoff);
-  });
+  m.impl("gaussian_field",
+         &gaussfield::forward_promoted<&gaussfield::gaussian_field_cpu>);
   m.impl("gaussian_field_backward",
-         [](const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& means,
-            const at::Tensor& cov, const at::Tensor& weights, double eps,
-            std::optional<double> cutoff, std::array<bool, 4> output_mask) {
-           return gaussfield::backward_promoted(&gaussfield::gaussian_field_backward_cpu,
-                                                grad_out, x, means, cov, weights, eps, cutoff,
-                                                output_mask);
-         });
+         &gaussfield::backward_promoted<&gaussfield::gaussian_field_backward_cpu>);
 }

@@ -59,27 +59,27 @@ using NamedTensor = std::pair<const char*, const at::Tensor*>;
 // the argument, for a dtype that is not floating point of one of these four.
 std::optional<at::ScalarType> promoted_dtype(std::initializer_list<NamedTensor> inputs);
 
-// The forward `impl` (the CPU or CUDA implementation), through promoted_dtype.
-template <typename Impl>
-at::Tensor forward_promoted(Impl impl, const at::Tensor& x, const at::Tensor& means,
-                            const at::Tensor& cov, const at::Tensor& weights, double eps,
-                            std::optional<double> cutoff) {
+// The forward implementation Impl (CPU or CUDA), through promoted_dtype: what the ops
+// register, as forward_promoted<&impl>.
+template <auto Impl>
+at::Tensor forward_promoted(const at::Tensor& x, const at::Tensor& means, const at::Tensor& cov,
+                            const at::Tensor& weights, double eps, std::optional<double> cutoff) {
   const auto dt = promoted_dtype({{"x", &x}, {"means", &means}, {"cov", &cov}, {"weights", &weights}});
-  if (!dt) return impl(x, means, cov, weights, eps, cutoff);
-  return impl(x.to(*dt), means.to(*dt), cov.to(*dt), weights.to(*dt), eps, cutoff)
+  if (!dt) return Impl(x, means, cov, weights, eps, cutoff);
+  return Impl(x.to(*dt), means.to(*dt), cov.to(*dt), weights.to(*dt), eps, cutoff)
       .to(x.scalar_type());
 }
 
-// The backward `impl`, through promoted_dtype.
-template <typename Impl>
-BackwardResult backward_promoted(Impl impl, const at::Tensor& grad_out, const at::Tensor& x,
+// The backward implementation Impl, through promoted_dtype.
+template <auto Impl>
+BackwardResult backward_promoted(const at::Tensor& grad_out, const at::Tensor& x,
                                  const at::Tensor& means, const at::Tensor& cov,
                                  const at::Tensor& weights, double eps,
                                  std::optional<double> cutoff, std::array<bool, 4> output_mask) {
   const auto dt = promoted_dtype({{"grad_out", &grad_out}, {"x", &x}, {"means", &means},
                                   {"cov", &cov}, {"weights", &weights}});
-  if (!dt) return impl(grad_out, x, means, cov, weights, eps, cutoff, output_mask);
-  auto grads = impl(grad_out.to(*dt), x.to(*dt), means.to(*dt), cov.to(*dt), weights.to(*dt),
+  if (!dt) return Impl(grad_out, x, means, cov, weights, eps, cutoff, output_mask);
+  auto grads = Impl(grad_out.to(*dt), x.to(*dt), means.to(*dt), cov.to(*dt), weights.to(*dt),
                     eps, cutoff, output_mask);
   auto back = [](const at::Tensor& g, const at::Tensor& like) {
     return g.defined() ? g.to(like.scalar_type()) : g;
