@@ -143,6 +143,79 @@ gf_status gf_cpu_backward_gaussians(const gf_params *params, int64_t begin, int6
 #define GF_CPU_GAUSSIAN_BLOCK 16
 #define GF_CPU_CHANNEL_BLOCK 16
 
+/* ---------------------------------------------------------------------------------
+ * Culling.  With a cutoff k, a pair whose point lies outside the Gaussian's k-sigma
+ * ellipsoid counts 0, and in a large field most pairs do.  The culled stages compute
+ * the same f_k and gradients as the dense ones (the same per-pair test decides every
+ * pair they evaluate) while evaluating only the pairs of a point's cell and the
+ * Gaussians that may reach that cell:
+ *
+ *  - the bounding box of the points with finite coordinates is cut into cubic cells,
+ *    about `points_per_cell` points each if they spread evenly;
+ *  - a Gaussian reaches the cells that overlap the box of its ellipsoid (half-extent
+ *    (1 + GF_CULL_MARGIN) k sqrt(Sigma_ii) around the mean, Sigma the covariance of the
+ *    record's factor) and that pass a sphere test (gf_spatial.h); the margin keeps every
+ *    pair the per-pair test could keep in the working precision;
+ *  - each cell lists the Gaussians that reach it, in index order, so a point's sums run
+ *    over its cell's list in index order and a Gaussian's over its cells in cell order:
+ *    the results do not depend on the thread count, and runs are bitwise reproducible;
+ *  - points with a non-finite coordinate form one more cell (index num_cells) whose list
+ *    is every Gaussian, and a Gaussian with a non-finite mean or factor reaches every
+ *    cell: non-finite inputs give what the dense stages give.
+ *
+ * Memory: the plan reports the lists' length before anything of that size is allocated,
+ * so the caller can keep it within a budget (a plan with more points per cell has
+ * shorter lists) or take the dense stages instead.
+ * --------------------------------------------------------------------------------- */
+
+/* What a plan found: the grid, and the size of the work.  Filled by *_cull_plan. */
+typedef struct gf_cull_plan {
+    double lo[3];            /* corner of cell (0, 0, 0) */
+    double cell_size;        /* edge of the cubic cells */
+    int64_t dims[3];         /* cells along x, y and z, each >= 1 */
+    int64_t num_cells;       /* dims[0] * dims[1] * dims[2] */
+    int64_t finite_points;   /* points with finite coordinates (the others: cell num_cells) */
+    int64_t list_length;     /* entries of the cell lists: sum over Gaussians of cells reached */
+    double pairs_estimate;   /* pairs the culled stages evaluate if the finite points spread
+                              * evenly over the cells (for choosing between paths) */
+} gf_cull_plan;
+
+/* Reads x, records (gf_cpu_precompute first), cutoff; writes *plan.  Single-threaded,
+ * O(B + the cells the Gaussians reach).  GF_ERR_BAD_CUTOFF without a cutoff;
+ * GF_ERR_BAD_SIZE when N exceeds INT32_MAX (the lists hold 32-bit indices) or
+ * points_per_cell is not positive. */
+gf_status gf_cpu_cull_plan(const gf_params *params, double points_per_cell, gf_cull_plan *plan);
+
+/* Bytes of the workspace that gf_cpu_cull_build fills for this plan, aligned to 64 bytes
+ * (0 for a NULL argument). */
+size_t gf_cpu_cull_workspace_bytes(const gf_params *params, const gf_cull_plan *plan);
+
+/* Reads x, records, cutoff and the plan; writes the workspace (the points sorted by cell
+ * and the cell lists).  Single-threaded, O(B + num_cells + list_length). */
+gf_status gf_cpu_cull_build(const gf_params *params, const gf_cull_plan *plan,
+                            void *workspace, size_t workspace_bytes);
+
+/* The pairs the culled stages evaluate on the points' side, from a built workspace: the
+ * sum over cells of points x list length (the non-finite cell's points x N).  For
+ * measuring how tight the culling is. */
+gf_status gf_cpu_cull_pairs(const gf_params *params, const gf_cull_plan *plan,
+                            const void *workspace, double *pairs);
+
+/* The culled forward over the points of cells [begin, end), 0 <= begin <= end <=
+ * num_cells + 1 (the last is the non-finite cell): reads x, records (and weights when
+ * C > 1) and the built workspace; writes those rows of out. */
+gf_status gf_cpu_culled_forward(const gf_params *params, const gf_cull_plan *plan,
+                                const void *workspace, int64_t begin, int64_t end);
+
+/* The culled backward to the points of cells [begin, end): writes those rows of grad_x. */
+gf_status gf_cpu_culled_backward_points(const gf_params *params, const gf_cull_plan *plan,
+                                        const void *workspace, int64_t begin, int64_t end);
+
+/* The culled backward to Gaussians [begin, end): each sums over the points of the cells it
+ * reaches; writes those rows of the non-NULL of grad_means, grad_cov, grad_weights. */
+gf_status gf_cpu_culled_backward_gaussians(const gf_params *params, const gf_cull_plan *plan,
+                                           const void *workspace, int64_t begin, int64_t end);
+
 /* Name of the CPU instruction set the kernels use on this machine ("avx512", "avx2",
  * "generic"); chosen once, at the first call, from what the processor supports. */
 const char *gf_cpu_isa(void);
@@ -168,6 +241,39 @@ gf_status gf_cuda_forward(const gf_params *params, void *workspace, size_t works
 /* Reads x, grad_out, means, cov, weights, eps, cutoff; writes the non-NULL gradients. */
 gf_status gf_cuda_backward(const gf_params *params, void *workspace, size_t workspace_bytes,
                            void *stream, int *cuda_error);
+
+/* Culling on the GPU (see "Culling" above).  The plan needs the grid and the lists' length
+ * on the host, so gf_cuda_cull_plan synchronises `stream` once; the culled stages then
+ * run asynchronously like the dense ones.  `plan_workspace` (gf_cuda_cull_plan_bytes)
+ * holds what the plan computed (the records, the Gaussians' reach); it must be left
+ * unchanged between the plan and the culled call that uses it. */
+gf_status gf_cuda_cull_plan_bytes(const gf_params *params, size_t *bytes, int *cuda_error);
+
+/* Reads x, means, cov, weights, eps, cutoff; writes plan_workspace and *plan, and
+ * returns after `stream` has finished the work (it synchronises).  The same errors as
+ * gf_cpu_cull_plan. */
+gf_status gf_cuda_cull_plan(const gf_params *params, double points_per_cell,
+                            void *plan_workspace, size_t plan_workspace_bytes, void *stream,
+                            gf_cull_plan *plan, int *cuda_error);
+
+/* Bytes of the workspace of gf_cuda_culled_forward (backward = 0) or
+ * gf_cuda_culled_backward (backward = 1) for this plan: the sorted points and the lists. */
+gf_status gf_cuda_culled_workspace_bytes(const gf_params *params, const gf_cull_plan *plan,
+                                         int backward, size_t *bytes, int *cuda_error);
+
+/* The culled forward (plan first, same params): reads x, weights, plan_workspace; writes
+ * out.  Builds the sorted points and the lists in `workspace`, then evaluates. */
+gf_status gf_cuda_culled_forward(const gf_params *params, const gf_cull_plan *plan,
+                                 const void *plan_workspace, size_t plan_workspace_bytes,
+                                 void *workspace, size_t workspace_bytes, void *stream,
+                                 int *cuda_error);
+
+/* The culled backward (plan first, same params): reads x, grad_out, means, cov, weights,
+ * plan_workspace; writes the non-NULL gradients. */
+gf_status gf_cuda_culled_backward(const gf_params *params, const gf_cull_plan *plan,
+                                  const void *plan_workspace, size_t plan_workspace_bytes,
+                                  void *workspace, size_t workspace_bytes, void *stream,
+                                  int *cuda_error);
 
 /* Text of a cudaError_t value received through cuda_error; never NULL. */
 const char *gf_cuda_error_string(int cuda_error);

@@ -77,7 +77,7 @@ static const gf_cpu_kernels *detect_kernels(void) {
     return &gf_cpu_kernels_generic;
 }
 
-static const gf_cpu_kernels *cpu_kernels(void) {
+const gf_cpu_kernels *gf_cpu_kernels_current(void) {
     /* Every thread that races here computes the same answer; the atomic makes the
      * race well-defined. */
     static _Atomic(const gf_cpu_kernels *) chosen = NULL;
@@ -89,7 +89,7 @@ static const gf_cpu_kernels *cpu_kernels(void) {
     return k;
 }
 
-const char *gf_cpu_isa(void) { return cpu_kernels()->isa; }
+const char *gf_cpu_isa(void) { return gf_cpu_kernels_current()->isa; }
 
 /* ---- stages ------------------------------------------------------------------- */
 
@@ -127,7 +127,7 @@ gf_status gf_cpu_forward(const gf_params *p, int64_t begin, int64_t end) {
     if (begin == end) return GF_OK;
     if (!p->out || !p->x || (p->num_gaussians > 0 && !p->records)) return GF_ERR_NULL_POINTER;
     if (p->num_channels > 1 && p->num_gaussians > 0 && !p->weights) return GF_ERR_NULL_POINTER;
-    cpu_kernels()->forward[p->dtype](p, begin, end);
+    gf_cpu_kernels_current()->forward[p->dtype](p, begin, end);
     return GF_OK;
 }
 
@@ -139,7 +139,7 @@ gf_status gf_cpu_backward_points(const gf_params *p, int64_t begin, int64_t end)
     if (!p->x || !p->grad_out || (p->num_gaussians > 0 && !p->records))
         return GF_ERR_NULL_POINTER;
     if (p->num_channels > 1 && p->num_gaussians > 0 && !p->weights) return GF_ERR_NULL_POINTER;
-    cpu_kernels()->backward_points[p->dtype](p, begin, end);
+    gf_cpu_kernels_current()->backward_points[p->dtype](p, begin, end);
     return GF_OK;
 }
 
@@ -150,6 +150,6 @@ gf_status gf_cpu_backward_gaussians(const gf_params *p, int64_t begin, int64_t e
     if (begin == end || (!p->grad_means && !p->grad_cov && !p->grad_weights)) return GF_OK;
     if (!p->means || !p->cov || !p->weights || !p->records) return GF_ERR_NULL_POINTER;
     if (p->num_points > 0 && (!p->x || !p->grad_out)) return GF_ERR_NULL_POINTER;
-    cpu_kernels()->backward_gaussians[p->dtype](p, begin, end);
+    gf_cpu_kernels_current()->backward_gaussians[p->dtype](p, begin, end);
     return GF_OK;
 }

@@ -49,15 +49,19 @@ typedef GF_TYPE(gf_record) GF_KERNEL(rec_t);
 /* Points per tile in backward-gaussians: one horizontal reduction per tile. */
 #define GF_BTILE 512
 
-/* Copy points [b0, b0 + n) of x (and channel c of grad_out) into SoA arrays; pad to
- * `padded` with zeros so that vector loops can run over whole tiles (padded lanes are
- * dropped, or add exactly 0 through a zero grad). */
-static void GF_KERNEL(load_points)(const gf_params *p, int64_t b0, int64_t n, int64_t padded,
-                                   GF_T *px, GF_T *py, GF_T *pz, GF_T *pg, int64_t c) {
+/* The row of a tile's point i: idx[i] (a culled tile, gathered), else b0 + i. */
+#define GF_ROW(idx, b0, i) ((idx) ? (idx)[i] : (b0) + (i))
+
+/* Copy points GF_ROW(idx, b0, i), i < n, of x (and channel c of grad_out) into SoA
+ * arrays; pad to `padded` with zeros so that vector loops can run over whole tiles
+ * (padded lanes are dropped, or add exactly 0 through a zero grad). */
+static void GF_KERNEL(load_points)(const gf_params *p, const int64_t *idx, int64_t b0, int64_t n,
+                                   int64_t padded, GF_T *px, GF_T *py, GF_T *pz, GF_T *pg,
+                                   int64_t c) {
     const GF_T *x = (const GF_T *)p->x;
     const int64_t s0 = p->x_stride[0], s1 = p->x_stride[1];
     for (int64_t i = 0; i < n; ++i) {
-        const GF_T *row = x + (b0 + i) * s0;
+        const GF_T *row = x + GF_ROW(idx, b0, i) * s0;
         px[i] = row[0];
         py[i] = row[s1];
         pz[i] = row[2 * s1];
@@ -65,21 +69,21 @@ static void GF_KERNEL(load_points)(const gf_params *p, int64_t b0, int64_t n, in
     for (int64_t i = n; i < padded; ++i) px[i] = py[i] = pz[i] = 0;
     if (pg) {
         const GF_T *g = (const GF_T *)p->grad_out + c * p->grad_out_stride[1];
-        for (int64_t i = 0; i < n; ++i) pg[i] = g[(b0 + i) * p->grad_out_stride[0]];
+        for (int64_t i = 0; i < n; ++i) pg[i] = g[GF_ROW(idx, b0, i) * p->grad_out_stride[0]];
         for (int64_t i = n; i < padded; ++i) pg[i] = 0;
     }
 }
 
-/* t_i = sum_c G[b0 + i, c] w[n, c] for the n points of a tile (0 for padded lanes). */
-static void GF_KERNEL(load_dot)(const gf_params *p, int64_t b0, int64_t n, int64_t padded,
-                                int64_t gaussian, GF_T *t) {
+/* t_i = sum_c G[row i, c] w[n, c] for the n points of a tile (0 for padded lanes). */
+static void GF_KERNEL(load_dot)(const gf_params *p, const int64_t *idx, int64_t b0, int64_t n,
+                                int64_t padded, int64_t gaussian, GF_T *t) {
     const GF_T *g = (const GF_T *)p->grad_out;
     const GF_T *w = (const GF_T *)p->weights + gaussian * p->weights_stride[0];
     const int64_t gs0 = p->grad_out_stride[0], gs1 = p->grad_out_stride[1];
     const int64_t ws1 = p->weights_stride[1];
     const int64_t nc = p->num_channels;
     for (int64_t i = 0; i < n; ++i) {
-        const GF_T *row = g + (b0 + i) * gs0;
+        const GF_T *row = g + GF_ROW(idx, b0, i) * gs0;
         GF_T acc = 0;
         for (int64_t c = 0; c < nc; ++c) acc += row[c * gs1] * w[c * ws1];
         t[i] = acc;
@@ -102,41 +106,52 @@ GF_INLINE void GF_KERNEL(tile_values)(const GF_KERNEL(rec_t) *r, const GF_T *px,
     }
 }
 
-void GF_KERNEL(gf_forward)(const gf_params *p, int64_t begin, int64_t end) {
+/* The forward of one tile: n <= GF_TILE points (rows GF_ROW(idx, b0, i)) over ng
+ * Gaussians (glist[j], or j when glist is NULL), each point's sum in that order. */
+static void GF_KERNEL(forward_tile)(const gf_params *p, const int64_t *idx, int64_t b0,
+                                    int64_t n, const int32_t *glist, int64_t ng) {
     const GF_KERNEL(rec_t) *rec = (const GF_KERNEL(rec_t) *)p->records;
-    const int64_t num_gaussians = p->num_gaussians, nc = p->num_channels;
+    const int64_t nc = p->num_channels;
     const int cut = gf_has_cutoff(p->cutoff);
     GF_T *out = (GF_T *)p->out;
     GF_T px[GF_TILE], py[GF_TILE], pz[GF_TILE], acc[GF_TILE];
-    for (int64_t b0 = begin; b0 < end; b0 += GF_TILE) {
-        const int64_t n = end - b0 < GF_TILE ? end - b0 : GF_TILE;
-        GF_KERNEL(load_points)(p, b0, n, GF_TILE, px, py, pz, 0, 0);
-        if (nc == 1) {
-            for (int i = 0; i < GF_TILE; ++i) acc[i] = 0;
-            for (int64_t g = 0; g < num_gaussians; ++g) {
+    GF_KERNEL(load_points)(p, idx, b0, n, GF_TILE, px, py, pz, 0, 0);
+    if (nc == 1) {
+        for (int i = 0; i < GF_TILE; ++i) acc[i] = 0;
+        for (int64_t j = 0; j < ng; ++j) {
+            const int64_t g = glist ? glist[j] : j;
 #define GF_CALL(k) GF_KERNEL(tile_values)(rec + g, px, py, pz, acc, 1, k)
-                GF_WITH_CUTOFF(cut, GF_CALL);
-#undef GF_CALL
-            }
-            for (int64_t i = 0; i < n; ++i) out[b0 + i] = acc[i];
-            continue;
-        }
-        /* channels: the output rows of the tile are the accumulators */
-        GF_T *rows = out + b0 * nc;
-        for (int64_t k = 0; k < n * nc; ++k) rows[k] = 0;
-        const GF_T *weights = (const GF_T *)p->weights;
-        const int64_t ws0 = p->weights_stride[0], ws1 = p->weights_stride[1];
-        for (int64_t g = 0; g < num_gaussians; ++g) {
-#define GF_CALL(k) GF_KERNEL(tile_values)(rec + g, px, py, pz, acc, 0, k)
             GF_WITH_CUTOFF(cut, GF_CALL);
 #undef GF_CALL
-            const GF_T *w = weights + g * ws0;
-            for (int64_t i = 0; i < n; ++i) {
-                const GF_T v = acc[i];
-                GF_T *row = rows + i * nc;
-                for (int64_t c = 0; c < nc; ++c) row[c] += v * w[c * ws1];
-            }
         }
+        for (int64_t i = 0; i < n; ++i) out[GF_ROW(idx, b0, i)] = acc[i];
+        return;
+    }
+    /* channels: the output rows of the tile are the accumulators */
+    for (int64_t i = 0; i < n; ++i) {
+        GF_T *row = out + GF_ROW(idx, b0, i) * nc;
+        for (int64_t c = 0; c < nc; ++c) row[c] = 0;
+    }
+    const GF_T *weights = (const GF_T *)p->weights;
+    const int64_t ws0 = p->weights_stride[0], ws1 = p->weights_stride[1];
+    for (int64_t j = 0; j < ng; ++j) {
+        const int64_t g = glist ? glist[j] : j;
+#define GF_CALL(k) GF_KERNEL(tile_values)(rec + g, px, py, pz, acc, 0, k)
+        GF_WITH_CUTOFF(cut, GF_CALL);
+#undef GF_CALL
+        const GF_T *w = weights + g * ws0;
+        for (int64_t i = 0; i < n; ++i) {
+            const GF_T v = acc[i];
+            GF_T *row = out + GF_ROW(idx, b0, i) * nc;
+            for (int64_t c = 0; c < nc; ++c) row[c] += v * w[c * ws1];
+        }
+    }
+}
+
+void GF_KERNEL(gf_forward)(const gf_params *p, int64_t begin, int64_t end) {
+    for (int64_t b0 = begin; b0 < end; b0 += GF_TILE) {
+        const int64_t n = end - b0 < GF_TILE ? end - b0 : GF_TILE;
+        GF_KERNEL(forward_tile)(p, 0, b0, n, 0, p->num_gaussians);
     }
 }
 
@@ -168,33 +183,41 @@ GF_INLINE void GF_KERNEL(tile_point_vjp)(const GF_KERNEL(rec_t) *r, const GF_T *
     }
 }
 
-void GF_KERNEL(gf_backward_points)(const gf_params *p, int64_t begin, int64_t end) {
+/* grad_x of one tile: n <= GF_TILE points (rows GF_ROW(idx, b0, i)) over ng Gaussians
+ * (glist[j], or j when glist is NULL), in that order. */
+static void GF_KERNEL(points_tile)(const gf_params *p, const int64_t *idx, int64_t b0, int64_t n,
+                                   const int32_t *glist, int64_t ng) {
     const GF_KERNEL(rec_t) *rec = (const GF_KERNEL(rec_t) *)p->records;
-    const int64_t num_gaussians = p->num_gaussians, nc = p->num_channels;
+    const int64_t nc = p->num_channels;
     const int cut = gf_has_cutoff(p->cutoff);
     GF_T *grad_x = (GF_T *)p->grad_x;
     GF_T px[GF_TILE], py[GF_TILE], pz[GF_TILE], pg[GF_TILE], pt[GF_TILE];
     GF_T vx[GF_TILE], vy[GF_TILE], vz[GF_TILE];
     const GF_T minus_two_ln2 = (GF_T)(-GF_TWO_LN2);
-    for (int64_t b0 = begin; b0 < end; b0 += GF_TILE) {
-        const int64_t n = end - b0 < GF_TILE ? end - b0 : GF_TILE;
-        GF_KERNEL(load_points)(p, b0, n, GF_TILE, px, py, pz, nc == 1 ? pg : 0, 0);
-        for (int i = 0; i < GF_TILE; ++i) vx[i] = vy[i] = vz[i] = 0;
-        for (int64_t g = 0; g < num_gaussians; ++g) {
-            /* t = G . w per point for this Gaussian; with one channel, w here and G at
-             * the end */
-            if (nc > 1) GF_KERNEL(load_dot)(p, b0, n, GF_TILE, g, pt);
+    GF_KERNEL(load_points)(p, idx, b0, n, GF_TILE, px, py, pz, nc == 1 ? pg : 0, 0);
+    for (int i = 0; i < GF_TILE; ++i) vx[i] = vy[i] = vz[i] = 0;
+    for (int64_t j = 0; j < ng; ++j) {
+        const int64_t g = glist ? glist[j] : j;
+        /* t = G . w per point for this Gaussian; with one channel, w here and G at the end */
+        if (nc > 1) GF_KERNEL(load_dot)(p, idx, b0, n, GF_TILE, g, pt);
 #define GF_CALL(k) \
     GF_KERNEL(tile_point_vjp)(rec + g, px, py, pz, nc > 1 ? pt : 0, vx, vy, vz, k)
-            GF_WITH_CUTOFF(cut, GF_CALL);
+        GF_WITH_CUTOFF(cut, GF_CALL);
 #undef GF_CALL
-        }
-        for (int64_t i = 0; i < n; ++i) {
-            const GF_T scale = nc == 1 ? minus_two_ln2 * pg[i] : minus_two_ln2;
-            grad_x[3 * (b0 + i) + 0] = scale * vx[i];
-            grad_x[3 * (b0 + i) + 1] = scale * vy[i];
-            grad_x[3 * (b0 + i) + 2] = scale * vz[i];
-        }
+    }
+    for (int64_t i = 0; i < n; ++i) {
+        const GF_T scale = nc == 1 ? minus_two_ln2 * pg[i] : minus_two_ln2;
+        const int64_t b = GF_ROW(idx, b0, i);
+        grad_x[3 * b + 0] = scale * vx[i];
+        grad_x[3 * b + 1] = scale * vy[i];
+        grad_x[3 * b + 2] = scale * vz[i];
+    }
+}
+
+void GF_KERNEL(gf_backward_points)(const gf_params *p, int64_t begin, int64_t end) {
+    for (int64_t b0 = begin; b0 < end; b0 += GF_TILE) {
+        const int64_t n = end - b0 < GF_TILE ? end - b0 : GF_TILE;
+        GF_KERNEL(points_tile)(p, 0, b0, n, 0, p->num_gaussians);
     }
 }
 
@@ -253,54 +276,75 @@ GF_INLINE void GF_KERNEL(tile_gaussian_sums)(const GF_KERNEL(rec_t) *r, int64_t 
     *sw = s9;
 }
 
-/* The geometric sums of Gaussians [g0, g0 + ng) over every point (with one channel,
- * with t = G, and the weight's gradient in wsum[j][0]); with C > 1 channels, the
- * weights' gradient of channels [c0, c0 + ncb) in wsum, and the geometric sums only
- * when `geometry` is set. */
-static void GF_KERNEL(gaussian_sums)(const gf_params *p, int64_t g0, int64_t ng, int geometry,
-                                     int64_t c0, int64_t ncb,
-                                     double sums[GF_CPU_GAUSSIAN_BLOCK][GF_NUM_SUMS],
-                                     double wsum[GF_CPU_GAUSSIAN_BLOCK][GF_CPU_CHANNEL_BLOCK]) {
+/* Add one tile of n <= GF_BTILE points (rows GF_ROW(idx, b0, i)) to the sums of
+ * Gaussians [g0, g0 + ng): with one channel the geometric sums (t = G) and the weight's
+ * gradient in wsum[j][0]; with C > 1 channels, the weights' gradient of channels
+ * [c0, c0 + ncb) in wsum, and the geometric sums only when `geometry` is set.  Tile sums
+ * are formed in GF_T and added in double. */
+static void GF_KERNEL(sums_tile)(const gf_params *p, const int64_t *idx, int64_t b0, int64_t n,
+                                 int64_t g0, int64_t ng, int geometry, int64_t c0, int64_t ncb,
+                                 double sums[GF_CPU_GAUSSIAN_BLOCK][GF_NUM_SUMS],
+                                 double wsum[GF_CPU_GAUSSIAN_BLOCK][GF_CPU_CHANNEL_BLOCK]) {
     const GF_KERNEL(rec_t) *rec = (const GF_KERNEL(rec_t) *)p->records;
-    const int64_t num_points = p->num_points, nc = p->num_channels;
+    const int64_t nc = p->num_channels;
     const int cut = gf_has_cutoff(p->cutoff);
     GF_T px[GF_BTILE], py[GF_BTILE], pz[GF_BTILE], pg[GF_BTILE], pt[GF_BTILE], gv[GF_BTILE];
     GF_T s[GF_NUM_SUMS], sw;
-    for (int64_t b0 = 0; b0 < num_points; b0 += GF_BTILE) {
-        const int64_t n = num_points - b0 < GF_BTILE ? num_points - b0 : GF_BTILE;
-        /* padded points have grad 0, so they add exactly 0 to every sum */
-        const int64_t padded = (n + 15) & ~(int64_t)15;
-        GF_KERNEL(load_points)(p, b0, n, padded, px, py, pz, nc == 1 ? pg : 0, 0);
-        for (int64_t j = 0; j < ng; ++j) {
-            if (nc == 1) {
+    /* padded points have grad 0, so they add exactly 0 to every sum */
+    const int64_t padded = (n + 15) & ~(int64_t)15;
+    GF_KERNEL(load_points)(p, idx, b0, n, padded, px, py, pz, nc == 1 ? pg : 0, 0);
+    for (int64_t j = 0; j < ng; ++j) {
+        if (nc == 1) {
 #define GF_CALL(k) GF_KERNEL(tile_gaussian_sums)(rec + g0 + j, padded, px, py, pz, pg, 0, 0, s, &sw, k)
-                GF_WITH_CUTOFF(cut, GF_CALL);
+            GF_WITH_CUTOFF(cut, GF_CALL);
 #undef GF_CALL
-                wsum[j][0] += sw;
-            } else {
-                if (geometry) GF_KERNEL(load_dot)(p, b0, n, padded, g0 + j, pt);
-                else
-                    for (int64_t i = 0; i < padded; ++i) pt[i] = 0;
+            wsum[j][0] += sw;
+        } else {
+            if (geometry) GF_KERNEL(load_dot)(p, idx, b0, n, padded, g0 + j, pt);
+            else
+                for (int64_t i = 0; i < padded; ++i) pt[i] = 0;
 #define GF_CALL(k) GF_KERNEL(tile_gaussian_sums)(rec + g0 + j, padded, px, py, pz, 0, pt, gv, s, &sw, k)
-                GF_WITH_CUTOFF(cut, GF_CALL);
+            GF_WITH_CUTOFF(cut, GF_CALL);
 #undef GF_CALL
-                /* the weights' gradient of this block of channels: sum_i G[i, c] g_i */
-                const GF_T *grad = (const GF_T *)p->grad_out;
-                const int64_t gs0 = p->grad_out_stride[0], gs1 = p->grad_out_stride[1];
-                for (int64_t c = 0; c < ncb; ++c) {
-                    const GF_T *col = grad + (c0 + c) * gs1 + b0 * gs0;
-                    GF_T acc = 0;
-                    for (int64_t i = 0; i < n; ++i) acc += gv[i] * col[i * gs0];
-                    wsum[j][c] += acc;
-                }
+            /* the weights' gradient of this block of channels: sum_i G[i, c] g_i */
+            const GF_T *grad = (const GF_T *)p->grad_out;
+            const int64_t gs0 = p->grad_out_stride[0], gs1 = p->grad_out_stride[1];
+            for (int64_t c = 0; c < ncb; ++c) {
+                const GF_T *col = grad + (c0 + c) * gs1;
+                GF_T acc = 0;
+                for (int64_t i = 0; i < n; ++i) acc += gv[i] * col[GF_ROW(idx, b0, i) * gs0];
+                wsum[j][c] += acc;
             }
-            if (geometry)
-                for (int k = 0; k < GF_NUM_SUMS; ++k) sums[j][k] += s[k];
         }
+        if (geometry)
+            for (int k = 0; k < GF_NUM_SUMS; ++k) sums[j][k] += s[k];
     }
 }
 
-void GF_KERNEL(gf_backward_gaussians)(const gf_params *p, int64_t begin, int64_t end) {
+/* The sums of Gaussians [g0, g0 + ng) over the points that may reach them (see
+ * sums_tile for what is summed): every point, or the points of the cells they reach. */
+typedef void (*GF_KERNEL(sums_fn))(const gf_params *p, const void *ctx, int64_t g0, int64_t ng,
+                                   int geometry, int64_t c0, int64_t ncb,
+                                   double sums[GF_CPU_GAUSSIAN_BLOCK][GF_NUM_SUMS],
+                                   double wsum[GF_CPU_GAUSSIAN_BLOCK][GF_CPU_CHANNEL_BLOCK]);
+
+static void GF_KERNEL(dense_sums)(const gf_params *p, const void *ctx, int64_t g0, int64_t ng,
+                                  int geometry, int64_t c0, int64_t ncb,
+                                  double sums[GF_CPU_GAUSSIAN_BLOCK][GF_NUM_SUMS],
+                                  double wsum[GF_CPU_GAUSSIAN_BLOCK][GF_CPU_CHANNEL_BLOCK]) {
+    (void)ctx;
+    for (int64_t b0 = 0; b0 < p->num_points; b0 += GF_BTILE) {
+        const int64_t n = p->num_points - b0 < GF_BTILE ? p->num_points - b0 : GF_BTILE;
+        GF_KERNEL(sums_tile)(p, 0, b0, n, g0, ng, geometry, c0, ncb, sums, wsum);
+    }
+}
+
+/* The gradients of Gaussians [begin, end), ng at a time, from the sums `sums_of` gives:
+ * grad_weights straight from the weight sums, grad_means and grad_cov through the
+ * front-end's chain rule (gf_gaussian_vjp_store). */
+static void GF_KERNEL(backward_gaussians_with)(const gf_params *p, int64_t begin, int64_t end,
+                                               int64_t block, GF_KERNEL(sums_fn) sums_of,
+                                               const void *ctx) {
     const GF_T *cov = (const GF_T *)p->cov;
     const GF_T *weights = (const GF_T *)p->weights;
     GF_T *grad_means = (GF_T *)p->grad_means;
@@ -309,13 +353,12 @@ void GF_KERNEL(gf_backward_gaussians)(const gf_params *p, int64_t begin, int64_t
     const int ncov = (int)p->cov_mode;
     const int64_t nc = p->num_channels;
     const int geometry = grad_means || grad_cov;
-    /* Gaussians per pass over the points: the point tile is loaded once per block. */
-    enum { BLOCK = GF_CPU_GAUSSIAN_BLOCK, CBLOCK = GF_CPU_CHANNEL_BLOCK };
-    double sums[BLOCK][GF_NUM_SUMS];
-    double wsum[BLOCK][CBLOCK];
+    enum { CBLOCK = GF_CPU_CHANNEL_BLOCK };
+    double sums[GF_CPU_GAUSSIAN_BLOCK][GF_NUM_SUMS];
+    double wsum[GF_CPU_GAUSSIAN_BLOCK][CBLOCK];
 
-    for (int64_t g0 = begin; g0 < end; g0 += BLOCK) {
-        const int64_t ng = end - g0 < BLOCK ? end - g0 : BLOCK;
+    for (int64_t g0 = begin; g0 < end; g0 += block) {
+        const int64_t ng = end - g0 < block ? end - g0 : block;
         for (int64_t j = 0; j < ng; ++j)
             for (int k = 0; k < GF_NUM_SUMS; ++k) sums[j][k] = 0.0;
         /* one pass per block of channels (one pass in all with one channel); the
@@ -328,7 +371,7 @@ void GF_KERNEL(gf_backward_gaussians)(const gf_params *p, int64_t begin, int64_t
             if (!first && !grad_weights) break;
             for (int64_t j = 0; j < ng; ++j)
                 for (int k = 0; k < CBLOCK; ++k) wsum[j][k] = 0.0;
-            GF_KERNEL(gaussian_sums)(p, g0, ng, first && geometry, c0, ncb, sums, wsum);
+            sums_of(p, ctx, g0, ng, first && geometry, c0, ncb, sums, wsum);
             if (grad_weights)
                 for (int64_t j = 0; j < ng; ++j)
                     for (int64_t c = 0; c < ncb; ++c)
@@ -347,5 +390,112 @@ void GF_KERNEL(gf_backward_gaussians)(const gf_params *p, int64_t begin, int64_t
     }
 }
 
+void GF_KERNEL(gf_backward_gaussians)(const gf_params *p, int64_t begin, int64_t end) {
+    /* GF_CPU_GAUSSIAN_BLOCK Gaussians per pass over the points: each point tile is
+     * loaded once per block */
+    GF_KERNEL(backward_gaussians_with)(p, begin, end, GF_CPU_GAUSSIAN_BLOCK,
+                                       GF_KERNEL(dense_sums), 0);
+}
+
+/* ---- culled loops --------------------------------------------------------------
+ * The same tiles as the dense loops, gathered: a cell's points (rows from point_order)
+ * over the cell's list of Gaussians (ascending), and a Gaussian over the points of the
+ * cells it reaches (in the walk order of gf_cull_box_count, then the non-finite cell),
+ * GF_BTILE gathered points at a time. */
+
+typedef struct GF_KERNEL(cull_ctx) {
+    const gf_cull_plan *plan;
+    const gf_cull_view *view;
+} GF_KERNEL(cull_ctx);
+
+/* The Gaussians of cell c: list[*ng] (NULL with *ng = N for the non-finite cell, i.e.
+ * all of them). */
+static const int32_t *GF_KERNEL(cell_list)(const gf_params *p, const gf_cull_plan *plan,
+                                           const gf_cull_view *view, int64_t c, int64_t *ng) {
+    if (c == plan->num_cells) {
+        *ng = p->num_gaussians;
+        return 0;
+    }
+    *ng = view->list_start[c + 1] - view->list_start[c];
+    return view->list + view->list_start[c];
+}
+
+void GF_KERNEL(gf_culled_forward)(const gf_params *p, const gf_cull_plan *plan,
+                                  const gf_cull_view *view, int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+        int64_t ng;
+        const int32_t *glist = GF_KERNEL(cell_list)(p, plan, view, c, &ng);
+        const int64_t first = view->cell_start[c], last = view->cell_start[c + 1];
+        for (int64_t b0 = first; b0 < last; b0 += GF_TILE) {
+            const int64_t n = last - b0 < GF_TILE ? last - b0 : GF_TILE;
+            /* an empty list still writes the tile's zeros */
+            GF_KERNEL(forward_tile)(p, view->point_order + b0, 0, n, glist, ng);
+        }
+    }
+}
+
+void GF_KERNEL(gf_culled_backward_points)(const gf_params *p, const gf_cull_plan *plan,
+                                          const gf_cull_view *view, int64_t begin,
+                                          int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+        int64_t ng;
+        const int32_t *glist = GF_KERNEL(cell_list)(p, plan, view, c, &ng);
+        const int64_t first = view->cell_start[c], last = view->cell_start[c + 1];
+        for (int64_t b0 = first; b0 < last; b0 += GF_TILE) {
+            const int64_t n = last - b0 < GF_TILE ? last - b0 : GF_TILE;
+            GF_KERNEL(points_tile)(p, view->point_order + b0, 0, n, glist, ng);
+        }
+    }
+}
+
+/* The sums of one Gaussian (ng == 1) over the points of the cells it reaches. */
+static void GF_KERNEL(culled_sums)(const gf_params *p, const void *ctx, int64_t g0, int64_t ng,
+                                   int geometry, int64_t c0, int64_t ncb,
+                                   double sums[GF_CPU_GAUSSIAN_BLOCK][GF_NUM_SUMS],
+                                   double wsum[GF_CPU_GAUSSIAN_BLOCK][GF_CPU_CHANNEL_BLOCK]) {
+    (void)ng;
+    const GF_KERNEL(cull_ctx) *cc = (const GF_KERNEL(cull_ctx) *)ctx;
+    const gf_cull_plan *plan = cc->plan;
+    const gf_cull_view *view = cc->view;
+    const GF_KERNEL(rec_t) *r = (const GF_KERNEL(rec_t) *)p->records + g0;
+    const double mean[3] = {r->mx, r->my, r->mz};
+    const double m[6] = {r->m00, r->m10, r->m11, r->m20, r->m21, r->m22};
+    gf_cull_box box;
+    gf_cull_box_init(plan, mean, m, (double)r->nkq, &box);
+    int64_t idx[GF_BTILE];
+    int64_t n = 0;
+    /* append the points [first, last) of point_order, flushing whole tiles */
+#define GF_APPEND(first_, last_)                                                       \
+    do {                                                                               \
+        for (int64_t k_ = (first_); k_ < (last_); ++k_) {                              \
+            idx[n++] = view->point_order[k_];                                          \
+            if (n == GF_BTILE) {                                                       \
+                GF_KERNEL(sums_tile)(p, idx, 0, n, g0, 1, geometry, c0, ncb, sums, wsum); \
+                n = 0;                                                                 \
+            }                                                                          \
+        }                                                                              \
+    } while (0)
+    if (box.lo[0] <= box.hi[0]) {
+        for (int64_t iz = box.lo[2]; iz <= box.hi[2]; ++iz)
+            for (int64_t iy = box.lo[1]; iy <= box.hi[1]; ++iy)
+                for (int64_t ix = box.lo[0]; ix <= box.hi[0]; ++ix) {
+                    if (!gf_cull_box_reaches(plan, &box, ix, iy, iz)) continue;
+                    const int64_t c = ix + plan->dims[0] * (iy + plan->dims[1] * iz);
+                    GF_APPEND(view->cell_start[c], view->cell_start[c + 1]);
+                }
+    }
+    GF_APPEND(view->cell_start[plan->num_cells], view->cell_start[plan->num_cells + 1]);
+#undef GF_APPEND
+    if (n > 0) GF_KERNEL(sums_tile)(p, idx, 0, n, g0, 1, geometry, c0, ncb, sums, wsum);
+}
+
+void GF_KERNEL(gf_culled_backward_gaussians)(const gf_params *p, const gf_cull_plan *plan,
+                                             const gf_cull_view *view, int64_t begin,
+                                             int64_t end) {
+    const GF_KERNEL(cull_ctx) ctx = {plan, view};
+    GF_KERNEL(backward_gaussians_with)(p, begin, end, 1, GF_KERNEL(culled_sums), &ctx);
+}
+
 #undef GF_TILE
 #undef GF_BTILE
+#undef GF_ROW

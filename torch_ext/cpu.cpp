@@ -7,7 +7,10 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <optional>
+#include <vector>
 
+#include "culling.h"
 #include "gaussfield_ext.h"
 
 namespace gaussfield {
@@ -31,6 +34,37 @@ at::Tensor records_for(const gf_params& p, const at::Tensor& like) {
   return records;
 }
 
+// The CPU's culling policy: cells of about 64 points (a point tile), plan from 2^22 pairs
+// (a few ms of dense work; the serial plan and build are O(B + N + the lists)), culled
+// when the plan's pairs are under half of B x N.
+constexpr CullPolicy kCpuPolicy{64.0, double(1 << 22), 0.5};
+
+// A built culling structure: the plan and its workspace.
+struct Culled {
+  gf_cull_plan plan;
+  at::Tensor workspace;
+};
+
+// The culled structure for p (records set), or nullopt for the dense path.
+std::optional<Culled> cull_for(const gf_params& p, const at::Tensor& like, Culling mode,
+                               const at::Tensor& weights, const at::Tensor& grad_out,
+                               const CullPolicy& policy = kCpuPolicy) {
+  if (!should_plan(p, mode, policy) || !all_finite(weights, grad_out)) return std::nullopt;
+  auto plan = choose_plan(
+      p, mode, policy,
+      [&](double per_cell) {
+        gf_cull_plan plan{};
+        check_status(gf_cpu_cull_plan(&p, per_cell, &plan), "culling plan");
+        return plan;
+      },
+      [&](const gf_cull_plan& plan) { return gf_cpu_cull_workspace_bytes(&p, &plan); });
+  if (!plan) return std::nullopt;
+  const size_t bytes = gf_cpu_cull_workspace_bytes(&p, &*plan);
+  at::Tensor ws = at::empty({static_cast<int64_t>(bytes)}, like.options().dtype(at::kByte));
+  check_status(gf_cpu_cull_build(&p, &*plan, ws.data_ptr(), bytes), "culling build");
+  return Culled{*plan, ws};
+}
+
 at::Tensor gaussian_field_cpu(const at::Tensor& x, const at::Tensor& means,
                               const at::Tensor& cov, const at::Tensor& weights, double eps,
                               std::optional<double> cutoff) {
@@ -41,6 +75,15 @@ at::Tensor gaussian_field_cpu(const at::Tensor& x, const at::Tensor& means,
   at::Tensor records = records_for(p, x);
   p.records = records.data_ptr();
   p.out = out.data_ptr();
+  if (auto culled = cull_for(p, x, culling_mode(), weights, at::Tensor())) {
+    // a cell is a tile or two of points over its list
+    const gf_cull_plan& plan = culled->plan;
+    const void* ws = culled->workspace.data_ptr();
+    at::parallel_for(0, plan.num_cells + 1, 1, [&](int64_t begin, int64_t end) {
+      check_status(gf_cpu_culled_forward(&p, &plan, ws, begin, end), "culled forward");
+    });
+    return out;
+  }
   at::parallel_for(0, p.num_points, grain(p.num_gaussians), [&](int64_t begin, int64_t end) {
     check_status(gf_cpu_forward(&p, begin, end), "forward");
   });
@@ -60,6 +103,21 @@ BackwardResult gaussian_field_backward_cpu(const at::Tensor& grad_out, const at:
   if (p.num_points > 0 && p.num_gaussians > 0 && any_wanted) {
     at::Tensor records = records_for(p, x);
     p.records = records.data_ptr();
+    if (auto culled = cull_for(p, x, culling_mode(), weights, grad_out)) {
+      const gf_cull_plan& plan = culled->plan;
+      const void* ws = culled->workspace.data_ptr();
+      if (p.grad_x) {
+        at::parallel_for(0, plan.num_cells + 1, 1, [&](int64_t begin, int64_t end) {
+          check_status(gf_cpu_culled_backward_points(&p, &plan, ws, begin, end),
+                       "culled backward (points)");
+        });
+      }
+      at::parallel_for(0, p.num_gaussians, 16, [&](int64_t begin, int64_t end) {
+        check_status(gf_cpu_culled_backward_gaussians(&p, &plan, ws, begin, end),
+                     "culled backward (gaussians)");
+      });
+      return {grads[0], grads[1], grads[2], grads[3]};
+    }
     if (p.grad_x) {
       at::parallel_for(0, p.num_points, grain(p.num_gaussians), [&](int64_t begin, int64_t end) {
         check_status(gf_cpu_backward_points(&p, begin, end), "backward (points)");
@@ -81,6 +139,31 @@ BackwardResult gaussian_field_backward_cpu(const at::Tensor& grad_out, const at:
   return {grads[0], grads[1], grads[2], grads[3]};
 }
 
+// [cells x, y, z, cell size, list length, pairs estimate, pairs evaluated, workspace
+// bytes] of the plan that the culled path would build for these inputs with this many
+// points per cell (whatever GAUSSFIELD_CULLING says), or [] when it would not cull
+// (no cutoff, or no plan within the budget).  For benchmarks: how tight the culling is.
+std::vector<double> culling_stats_cpu(const at::Tensor& x, const at::Tensor& means,
+                                      const at::Tensor& cov, const at::Tensor& weights,
+                                      double eps, double cutoff, double points_per_cell) {
+  Problem prob = make_problem(x, means, cov, weights, eps, cutoff);
+  gf_params& p = prob.params;
+  if (p.num_points == 0 || p.num_gaussians == 0) return {};
+  at::Tensor records = records_for(p, x);
+  p.records = records.data_ptr();
+  CullPolicy policy = kCpuPolicy;
+  policy.points_per_cell = points_per_cell;
+  auto culled = cull_for(p, x, Culling::kAlways, weights, at::Tensor(), policy);
+  if (!culled) return {};
+  const gf_cull_plan& plan = culled->plan;
+  double pairs = 0;
+  check_status(gf_cpu_cull_pairs(&p, &plan, culled->workspace.data_ptr(), &pairs),
+               "culling pairs");
+  return {double(plan.dims[0]), double(plan.dims[1]), double(plan.dims[2]), plan.cell_size,
+          double(plan.list_length), plan.pairs_estimate, pairs,
+          double(culled->workspace.numel())};
+}
+
 }  // namespace
 }  // namespace gaussfield
 
@@ -89,4 +172,5 @@ TORCH_LIBRARY_IMPL(gaussfield, CPU, m) {
          &gaussfield::forward_promoted<&gaussfield::gaussian_field_cpu>);
   m.impl("gaussian_field_backward",
          &gaussfield::backward_promoted<&gaussfield::gaussian_field_backward_cpu>);
+  m.impl("_culling_stats", &gaussfield::culling_stats_cpu);
 }

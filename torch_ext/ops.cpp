@@ -173,4 +173,9 @@ TORCH_LIBRARY(gaussfield, m) {
       "gaussian_field_backward(Tensor grad_out, Tensor x, Tensor means, Tensor cov, "
       "Tensor weights, float eps, float? cutoff, bool[4] output_mask) -> (Tensor, Tensor, "
       "Tensor, Tensor)");
+  // Benchmarks' view of the culling plan (CPU tensors; see cpu.cpp): not part of the
+  // differentiable API.
+  m.def(
+      "_culling_stats(Tensor x, Tensor means, Tensor cov, Tensor weights, float eps, "
+      "float cutoff, float points_per_cell) -> float[]");
 }

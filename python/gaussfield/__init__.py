@@ -17,7 +17,7 @@ from ._library import load_library as _load_library
 
 _load_library()
 
-from .ops import gaussian_field  # noqa: E402
+from .ops import culling_stats, gaussian_field  # noqa: E402
 from .module import GaussianField, fused_forward  # noqa: E402
 from .reference import gaussian_field_reference, inverse_covariance  # noqa: E402
 
@@ -25,6 +25,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "gaussian_field",
+    "culling_stats",
     "GaussianField",
     "fused_forward",
     "gaussian_field_reference",

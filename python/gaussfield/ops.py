@@ -51,6 +51,13 @@ def gaussian_field(
             within float rounding of the boundary may be decided differently on the CPU
             and on CUDA.
 
+            With a cutoff, a large field is computed by *culling*: each point meets only
+            the Gaussians whose k-sigma ellipsoid may reach its grid cell, so the cost
+            follows the pairs that count instead of B x N.  The result is the same
+            ``f_k`` (the same test decides every pair), summed in another order.  The op
+            chooses the path itself; ``GAUSSFIELD_CULLING=always|never`` forces one, and
+            ``GAUSSFIELD_CULLING_BUDGET_MB`` caps the culling's memory (README, "Culling").
+
     Returns:
         ``f(x)`` with shape ``x.shape[:-1]`` (``x.shape[:-1] + (C,)`` for weights
         ``[N, C]``), dtype and device of ``x``.
@@ -82,3 +89,31 @@ def _check_cutoff(cutoff) -> float:
     if not (math.isfinite(k) and k > 0):
         raise ValueError(f"cutoff must be None or a finite number > 0 (a Mahalanobis radius), got {cutoff!r}")
     return k
+
+
+# points per cell of each device's culling plan (torch_ext/cpu.cpp, cuda.cpp)
+_POINTS_PER_CELL = {"cpu": 64.0, "cuda": 128.0}
+
+
+def culling_stats(x: Tensor, means: Tensor, cov: Tensor, weights: Tensor, *, cutoff: float,
+                  eps: float = 1e-6, device_type: Optional[str] = None) -> dict:
+    """How the culled path would divide this problem: the plan that the op builds on
+    ``device_type`` (default: that of ``x``), computed on the CPU.
+
+    Returns ``{}`` when there is no plan within the culling budget; otherwise a dict
+    with ``dims`` (cells along x, y, z), ``cell_size``, ``list_length`` (entries of the
+    cell lists), ``pairs_estimate`` (the op's estimate, if points spread evenly),
+    ``pairs_evaluated`` (exactly the pairs the culled path evaluates for the points) and
+    ``workspace_bytes`` (of the CPU layout).  For benchmarks; not differentiable.
+    """
+    cutoff = _check_cutoff(cutoff)
+    kind = device_type or x.device.type
+    if kind not in _POINTS_PER_CELL:
+        raise ValueError(f"device_type must be 'cpu' or 'cuda', got {kind!r}")
+    cpu = [t.detach().cpu() for t in (x, means, cov, weights)]
+    v = torch.ops.gaussfield._culling_stats(*cpu, eps, cutoff, _POINTS_PER_CELL[kind])
+    if not v:
+        return {}
+    return {"dims": [int(v[0]), int(v[1]), int(v[2])], "cell_size": v[3],
+            "list_length": int(v[4]), "pairs_estimate": v[5], "pairs_evaluated": v[6],
+            "workspace_bytes": int(v[7])}

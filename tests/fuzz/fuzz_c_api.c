@@ -13,7 +13,10 @@
  * access outside it.  Checked, besides "no crash, no undefined behaviour":
  *   - a call returns GF_OK exactly when its arguments are valid, else one of the
  *     documented error statuses;
- *   - the results do not depend on how the ranges are split (bit for bit).
+ *   - the results do not depend on how the ranges are split (bit for bit);
+ *   - with a cutoff, the culling stages (plan, build, culled forward and backward, with
+ *     any points per cell and split ranges) return GF_OK on a valid problem, refuse a
+ *     short workspace, a bad range or a bad points_per_cell, and stay inside every buffer.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -85,6 +88,42 @@ static gf_status run(gf_params *p, int64_t b_cut, int64_t n_cut) {
         if ((st = gf_cpu_backward_gaussians(p, ns[k], ns[k + 1])) != GF_OK) return st;
     }
     return GF_OK;
+}
+
+/* The culling stages on a valid problem with a cutoff whose records are computed (p's
+ * outputs are overwritten). */
+static void run_culled(gf_params *p, bytes *in, size_t out_bytes, int64_t Bp, int64_t Cp) {
+    static const double per_cell[4] = {0.5, 1.0, 3.0, 64.0};
+    const uint64_t code = take(in, 2);
+    gf_cull_plan plan;
+    REQUIRE(gf_cpu_cull_plan(p, 0.0, &plan) == GF_ERR_BAD_SIZE);
+    REQUIRE(gf_cpu_cull_plan(p, per_cell[code % 4], &plan) == GF_OK);
+    REQUIRE(plan.num_cells >= 1 && plan.list_length >= 0 && plan.finite_points <= Bp);
+    const size_t wb = gf_cpu_cull_workspace_bytes(p, &plan);
+    unsigned char *ws = aligned_alloc(64, (wb + 63) / 64 * 64 + 64);
+    if (wb > 0) REQUIRE(gf_cpu_cull_build(p, &plan, ws, wb - 1) == GF_ERR_SMALL_WORKSPACE);
+    REQUIRE(gf_cpu_cull_build(p, &plan, ws, wb) == GF_OK);
+    double pairs = -1;
+    REQUIRE(gf_cpu_cull_pairs(p, &plan, ws, &pairs) == GF_OK && pairs >= 0);
+    unsigned char *o = calloc(out_bytes + 1, 1);
+    const size_t es = p->dtype == GF_FLOAT32 ? 4 : 8;
+    /* the outputs that the dense run had, in a fresh buffer of the same layout */
+    if (p->out) p->out = o;
+    if (p->grad_x) p->grad_x = o + es * (size_t)(Bp * Cp);
+    const int64_t cells = plan.num_cells + 1;
+    const int64_t c_cut = (int64_t)((code >> 2) % (uint64_t)(cells + 1));
+    const int64_t N = p->num_gaussians;
+    const int64_t n_cut = N ? (int64_t)((code >> 8) % (uint64_t)(N + 1)) : 0;
+    REQUIRE(gf_cpu_culled_forward(p, &plan, ws, 0, cells + 1) == GF_ERR_BAD_SIZE);
+    REQUIRE(gf_cpu_culled_backward_gaussians(p, &plan, ws, -1, N) == GF_ERR_BAD_SIZE);
+    REQUIRE(gf_cpu_culled_forward(p, &plan, ws, 0, c_cut) == GF_OK);
+    REQUIRE(gf_cpu_culled_forward(p, &plan, ws, c_cut, cells) == GF_OK);
+    REQUIRE(gf_cpu_culled_backward_points(p, &plan, ws, 0, c_cut) == GF_OK);
+    REQUIRE(gf_cpu_culled_backward_points(p, &plan, ws, c_cut, cells) == GF_OK);
+    REQUIRE(gf_cpu_culled_backward_gaussians(p, &plan, ws, 0, n_cut) == GF_OK);
+    REQUIRE(gf_cpu_culled_backward_gaussians(p, &plan, ws, n_cut, N) == GF_OK);
+    free(o);
+    free(ws);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
@@ -189,6 +228,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     REQUIRE(st[0] == st[1]);
     if (expect_ok) REQUIRE(memcmp(outs[0], outs[1], out_elems * es) == 0);
+
+    if (expect_ok && p.cutoff > 0.0 && p.cutoff <= 1.7976931348623157e308)
+        run_culled(&p, &in, out_elems * es, Bp, Cp);
 
     for (int pass = 0; pass < 2; ++pass) {
         free(outs[pass]);

@@ -1,0 +1,36 @@
+// culling.cpp - the GAUSSFIELD_CULLING switch and budget (see culling.h).
+#include "culling.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+namespace gaussfield {
+
+Culling culling_mode() {
+  const char* v = std::getenv("GAUSSFIELD_CULLING");
+  if (!v || !*v || std::strcmp(v, "auto") == 0) return Culling::kAuto;
+  if (std::strcmp(v, "always") == 0) return Culling::kAlways;
+  if (std::strcmp(v, "never") == 0) return Culling::kNever;
+  TORCH_CHECK(false, "GAUSSFIELD_CULLING must be auto, always or never, got '", v, "'");
+}
+
+size_t culling_budget_bytes() {
+  const char* v = std::getenv("GAUSSFIELD_CULLING_BUDGET_MB");
+  if (!v || !*v) return size_t(1024) << 20;
+  char* end = nullptr;
+  const double mb = std::strtod(v, &end);
+  TORCH_CHECK(end && *end == '\0' && mb > 0 && mb < 1e12,
+              "GAUSSFIELD_CULLING_BUDGET_MB must be a positive number of MiB, got '", v, "'");
+  return static_cast<size_t>(mb * 1048576.0);
+}
+
+bool all_finite(const at::Tensor& weights, const at::Tensor& grad_out) {
+  if (!weights.isfinite().all().item<bool>()) return false;
+  return !grad_out.defined() || grad_out.isfinite().all().item<bool>();
+}
+
+}  // namespace gaussfield

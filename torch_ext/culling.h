@@ -1,0 +1,85 @@
+// culling.h - when the ops take the culled path, shared by the CPU and CUDA
+// implementations: the GAUSSFIELD_CULLING switch, the memory budget, and the choice of
+// a plan within it.
+//
+//   GAUSSFIELD_CULLING=auto (default)  culled when there is a cutoff, the problem is large
+//                                      enough to repay the plan, and the plan's pairs are
+//                                      few enough against B x N
+//                      always          culled whenever there is a cutoff (and the lists fit
+//                                      the budget at some cell size)
+//                      never           the dense masked path
+//   GAUSSFIELD_CULLING_BUDGET_MB       the culling workspace's cap (default 1024 MiB)
+//
+// The culled and dense paths compute the same pairs' sums (gf_pair_keep decides both);
+// only the summation order differs.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+
+#include "gaussfield.h"
+
+namespace at {
+class Tensor;
+}
+
+namespace gaussfield {
+
+enum class Culling { kAuto, kAlways, kNever };
+
+// The GAUSSFIELD_CULLING setting, read at each call; throws for an unknown value.
+Culling culling_mode();
+
+// The culling workspace's cap in bytes (GAUSSFIELD_CULLING_BUDGET_MB; throws for a
+// value that is not a positive number).
+size_t culling_budget_bytes();
+
+// What a device's path choice needs to know.
+struct CullPolicy {
+  double points_per_cell;  // the plan's target
+  double min_pairs;        // auto: below B x N = min_pairs the dense path, without a plan
+  double max_share;        // auto: culled when the plan's pairs < max_share * B x N
+};
+
+// Whether the weights (and grad_out, when defined) are all finite.  The culled path is
+// taken only then: a non-finite weight or grad_out reaches every pair of the dense path
+// through 0 * NaN (its documented NaN semantics), which culling would not reproduce.
+bool all_finite(const at::Tensor& weights, const at::Tensor& grad_out);
+
+// Whether to plan at all.
+inline bool should_plan(const gf_params& p, Culling mode, const CullPolicy& policy) {
+  if (mode == Culling::kNever || !(p.cutoff > 0.0 && p.cutoff <= 1.7976931348623157e308))
+    return false;
+  if (p.num_points == 0 || p.num_gaussians == 0 || p.num_gaussians > INT32_MAX) return false;
+  return mode == Culling::kAlways ||
+         static_cast<double>(p.num_points) * static_cast<double>(p.num_gaussians) >=
+             policy.min_pairs;
+}
+
+// The plan to run, or nullopt for the dense path.  plan(points_per_cell, &plan) makes a
+// plan and bytes(plan) sizes its workspace; when that exceeds the budget, cells of 8
+// times the points (twice the side) make shorter lists, up to one cell; a plan that
+// still does not fit leaves the dense path (which needs no lists) to do the work.
+template <class PlanFn, class BytesFn>
+std::optional<gf_cull_plan> choose_plan(const gf_params& p, Culling mode,
+                                        const CullPolicy& policy, PlanFn plan_fn,
+                                        BytesFn bytes_fn) {
+  if (!should_plan(p, mode, policy)) return std::nullopt;
+  const size_t budget = culling_budget_bytes();
+  double per_cell = policy.points_per_cell;
+  for (int attempt = 0; attempt < 8; ++attempt, per_cell *= 8.0) {
+    gf_cull_plan plan = plan_fn(per_cell);
+    if (bytes_fn(plan) <= budget) {
+      const double pairs =
+          static_cast<double>(p.num_points) * static_cast<double>(p.num_gaussians);
+      if (mode == Culling::kAuto && !(plan.pairs_estimate < policy.max_share * pairs))
+        return std::nullopt;
+      return plan;
+    }
+    if (plan.num_cells == 1) break;
+  }
+  return std::nullopt;
+}
+
+}  // namespace gaussfield
