@@ -16,7 +16,7 @@ static size_t align64(size_t v) { return (v + 63) & ~(size_t)63; }
 
 /* The workspace's layout (see gf_cull_view); bytes at each array's start. */
 typedef struct cull_layout {
-    size_t cell_start, point_order, list_start, list, point_cell, total;
+    size_t cell_start, point_order, list_start, list, point_cell, sorted, total;
 } cull_layout;
 
 static cull_layout layout_of(const gf_params *p, const gf_cull_plan *plan) {
@@ -28,7 +28,9 @@ static cull_layout layout_of(const gf_params *p, const gf_cull_plan *plan) {
     l.list_start = align64(l.point_order + b * sizeof(int64_t));
     l.list = align64(l.list_start + (cells + 1) * sizeof(int64_t));
     l.point_cell = align64(l.list + (size_t)plan->list_length * sizeof(int32_t));
-    l.total = align64(l.point_cell + b * sizeof(int64_t));
+    l.sorted = align64(l.point_cell + b * sizeof(int64_t));
+    const size_t es = p->dtype == GF_FLOAT32 ? sizeof(float) : sizeof(double);
+    l.total = align64(l.sorted + 4 * b * es);
     return l;
 }
 
@@ -40,6 +42,7 @@ static gf_cull_view view_of(const gf_params *p, const gf_cull_plan *plan, const 
     v.point_order = (const int64_t *)(base + l.point_order);
     v.list_start = (const int64_t *)(base + l.list_start);
     v.list = (const int32_t *)(base + l.list);
+    v.sorted = base + l.sorted;
     return v;
 }
 
@@ -159,6 +162,27 @@ gf_status gf_cpu_cull_build(const gf_params *p, const gf_cull_plan *plan, void *
     memmove(cell_start + 1, cell_start, (size_t)(cells + 1) * sizeof(int64_t));
     cell_start[0] = 0;
 
+    /* the points in that order, SoA, and with one channel their grad_out (when given),
+     * for the Gaussians' contiguous runs */
+    const int64_t B = p->num_points;
+    if (p->dtype == GF_FLOAT32) {
+        float *xs = (float *)(base + l.sorted);
+        const float *x = (const float *)p->x, *go = (const float *)p->grad_out;
+        for (int64_t i = 0; i < B; ++i) {
+            const int64_t b = point_order[i];
+            for (int k = 0; k < 3; ++k) xs[k * B + i] = x[b * p->x_stride[0] + k * p->x_stride[1]];
+            xs[3 * B + i] = go && p->num_channels == 1 ? go[b * p->grad_out_stride[0]] : 0.0f;
+        }
+    } else {
+        double *xs = (double *)(base + l.sorted);
+        const double *x = (const double *)p->x, *go = (const double *)p->grad_out;
+        for (int64_t i = 0; i < B; ++i) {
+            const int64_t b = point_order[i];
+            for (int k = 0; k < 3; ++k) xs[k * B + i] = x[b * p->x_stride[0] + k * p->x_stride[1]];
+            xs[3 * B + i] = go && p->num_channels == 1 ? go[b * p->grad_out_stride[0]] : 0.0;
+        }
+    }
+
     /* lists: Gaussians in index order, so each cell's list is ascending */
     memset(list_start, 0, (size_t)(cells + 1) * sizeof(int64_t));
     for (int pass = 0; pass < 2; ++pass) {
@@ -167,16 +191,18 @@ gf_status gf_cpu_cull_build(const gf_params *p, const gf_cull_plan *plan, void *
             box_of(p, plan, g, &box);
             if (box.lo[0] > box.hi[0]) continue;
             for (int64_t iz = box.lo[2]; iz <= box.hi[2]; ++iz)
-                for (int64_t iy = box.lo[1]; iy <= box.hi[1]; ++iy)
-                    for (int64_t ix = box.lo[0]; ix <= box.hi[0]; ++ix) {
-                        if (!gf_cull_box_reaches(plan, &box, ix, iy, iz)) continue;
-                        const int64_t c = ix + plan->dims[0] * (iy + plan->dims[1] * iz);
+                for (int64_t iy = box.lo[1]; iy <= box.hi[1]; ++iy) {
+                    int64_t x0, x1;
+                    gf_cull_row(plan, &box, iy, iz, &x0, &x1);
+                    const int64_t row = plan->dims[0] * (iy + plan->dims[1] * iz);
+                    for (int64_t c = row + x0; c <= row + x1; ++c) {
                         if (pass == 0) {
                             ++list_start[c + 1];
                         } else {
                             list[list_start[c]++] = (int32_t)g;
                         }
                     }
+                }
         }
         if (pass == 0) {
             counts_to_offsets(list_start, cells);

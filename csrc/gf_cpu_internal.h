@@ -24,12 +24,15 @@ typedef void (*gf_range_fn)(const gf_params *params, int64_t begin, int64_t end)
  *   point_order [B]              point indices sorted by cell, in index order within a cell
  *   list_start  [num_cells + 1]  Gaussians of cell c: list[list_start[c] .. list_start[c + 1])
  *   list        [list_length]    Gaussian indices, ascending within a cell
- *   point_cell  [B]              the cell of each point (scratch of the build) */
+ *   point_cell  [B]              the cell of each point (scratch of the build)
+ *   sorted      [4, B]           x, y, z and (one channel, backward) grad_out of the points
+ *                                in point_order's order, in the problem's dtype */
 typedef struct gf_cull_view {
     const int64_t *cell_start;
     const int64_t *point_order;
     const int64_t *list_start;
     const int32_t *list;
+    const void *sorted;
 } gf_cull_view;
 
 typedef void (*gf_cull_range_fn)(const gf_params *params, const gf_cull_plan *plan,

@@ -448,7 +448,10 @@ void GF_KERNEL(gf_culled_backward_points)(const gf_params *p, const gf_cull_plan
     }
 }
 
-/* The sums of one Gaussian (ng == 1) over the points of the cells it reaches. */
+/* The sums of one Gaussian (ng == 1) over the points of the cells it reaches: a row's
+ * reached cells are consecutive, so their points are one run of the sorted order.  With
+ * one channel the runs are read in place from the sorted copies (tiles of at most
+ * GF_BTILE, summed in GF_T, added in double); with C > 1 they are gathered as tiles. */
 static void GF_KERNEL(culled_sums)(const gf_params *p, const void *ctx, int64_t g0, int64_t ng,
                                    int geometry, int64_t c0, int64_t ncb,
                                    double sums[GF_CPU_GAUSSIAN_BLOCK][GF_NUM_SUMS],
@@ -458,34 +461,52 @@ static void GF_KERNEL(culled_sums)(const gf_params *p, const void *ctx, int64_t 
     const gf_cull_plan *plan = cc->plan;
     const gf_cull_view *view = cc->view;
     const GF_KERNEL(rec_t) *r = (const GF_KERNEL(rec_t) *)p->records + g0;
+    const int cut = gf_has_cutoff(p->cutoff);
+    const int64_t B = p->num_points;
+    const GF_T *xs = (const GF_T *)view->sorted, *ys = xs + B, *zs = xs + 2 * B, *gs = xs + 3 * B;
     const double mean[3] = {r->mx, r->my, r->mz};
     const double m[6] = {r->m00, r->m10, r->m11, r->m20, r->m21, r->m22};
     gf_cull_box box;
     gf_cull_box_init(plan, mean, m, (double)r->nkq, &box);
     int64_t idx[GF_BTILE];
     int64_t n = 0;
-    /* append the points [first, last) of point_order, flushing whole tiles */
-#define GF_APPEND(first_, last_)                                                       \
-    do {                                                                               \
-        for (int64_t k_ = (first_); k_ < (last_); ++k_) {                              \
-            idx[n++] = view->point_order[k_];                                          \
-            if (n == GF_BTILE) {                                                       \
-                GF_KERNEL(sums_tile)(p, idx, 0, n, g0, 1, geometry, c0, ncb, sums, wsum); \
-                n = 0;                                                                 \
-            }                                                                          \
-        }                                                                              \
+    GF_T s[GF_NUM_SUMS], sw;
+    /* the sums over points [first, last) of the sorted order */
+#define GF_RUN(first_, last_)                                                              \
+    do {                                                                                   \
+        if (p->num_channels == 1) {                                                        \
+            for (int64_t a_ = (first_); a_ < (last_); a_ += GF_BTILE) {                    \
+                const int64_t n_ = (last_) - a_ < GF_BTILE ? (last_) - a_ : GF_BTILE;      \
+                GF_WITH_CUTOFF(cut, GF_CALL);                                              \
+                wsum[0][0] += sw;                                                          \
+                if (geometry)                                                              \
+                    for (int k_ = 0; k_ < GF_NUM_SUMS; ++k_) sums[0][k_] += s[k_];         \
+            }                                                                              \
+        } else {                                                                           \
+            for (int64_t k_ = (first_); k_ < (last_); ++k_) {                              \
+                idx[n++] = view->point_order[k_];                                          \
+                if (n == GF_BTILE) {                                                       \
+                    GF_KERNEL(sums_tile)(p, idx, 0, n, g0, 1, geometry, c0, ncb, sums, wsum); \
+                    n = 0;                                                                 \
+                }                                                                          \
+            }                                                                              \
+        }                                                                                  \
     } while (0)
+#define GF_CALL(k)                                                                         \
+    GF_KERNEL(tile_gaussian_sums)(r, n_, xs + a_, ys + a_, zs + a_, gs + a_, 0, 0, s, &sw, k)
     if (box.lo[0] <= box.hi[0]) {
         for (int64_t iz = box.lo[2]; iz <= box.hi[2]; ++iz)
-            for (int64_t iy = box.lo[1]; iy <= box.hi[1]; ++iy)
-                for (int64_t ix = box.lo[0]; ix <= box.hi[0]; ++ix) {
-                    if (!gf_cull_box_reaches(plan, &box, ix, iy, iz)) continue;
-                    const int64_t c = ix + plan->dims[0] * (iy + plan->dims[1] * iz);
-                    GF_APPEND(view->cell_start[c], view->cell_start[c + 1]);
-                }
+            for (int64_t iy = box.lo[1]; iy <= box.hi[1]; ++iy) {
+                int64_t x0, x1;
+                gf_cull_row(plan, &box, iy, iz, &x0, &x1);
+                if (x0 > x1) continue;
+                const int64_t row = plan->dims[0] * (iy + plan->dims[1] * iz);
+                GF_RUN(view->cell_start[row + x0], view->cell_start[row + x1 + 1]);
+            }
     }
-    GF_APPEND(view->cell_start[plan->num_cells], view->cell_start[plan->num_cells + 1]);
-#undef GF_APPEND
+    GF_RUN(view->cell_start[plan->num_cells], view->cell_start[plan->num_cells + 1]);
+#undef GF_CALL
+#undef GF_RUN
     if (n > 0) GF_KERNEL(sums_tile)(p, idx, 0, n, g0, 1, geometry, c0, ncb, sums, wsum);
 }
 

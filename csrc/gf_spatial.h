@@ -22,7 +22,7 @@
 #define GF_CULL_MARGIN (1.0 / 256.0)
 /* A Gaussian whose box spans more cells than this takes all of them without the sphere
  * test, so that counting its cells is O(1); such a Gaussian culls poorly anyway. */
-#define GF_CULL_TEST_MAX_CELLS 4096
+#define GF_CULL_TEST_MAX_CELLS 65536
 /* Cells per axis at most, and in all. */
 #define GF_CULL_MAX_DIM 1024
 #define GF_CULL_MAX_CELLS ((int64_t)1 << 22)
@@ -169,23 +169,53 @@ GF_HD void gf_cull_box_init(const gf_cull_plan *g, const double mean[3], const d
     b->test = cells <= GF_CULL_TEST_MAX_CELLS;
 }
 
-/* Whether the Gaussian of box b reaches cell (ix, iy, iz) of its box. */
-GF_HD int gf_cull_box_reaches(const gf_cull_plan *g, const gf_cull_box *b, int64_t ix,
-                              int64_t iy, int64_t iz) {
-    if (!b->test) return 1;
+/* The cells of row (iy, iz) of its box that the Gaussian of box b reaches: ix in
+ * [*x0, *x1] (empty when *x0 > *x1).  The sphere test's set of cell centres is an
+ * ellipsoid, so a row meets it in one interval: |u0 + t v| <= reach along the row's
+ * centres, u0 = M'(centre of cell (0, iy, iz) - mean), v = M' (h, 0, 0), solved in closed
+ * form and widened by 1e-6 cell against the rounding of the solution.  O(1) per row. */
+GF_HD void gf_cull_row(const gf_cull_plan *g, const gf_cull_box *b, int64_t iy, int64_t iz,
+                       int64_t *x0, int64_t *x1) {
+    *x0 = b->lo[0];
+    *x1 = b->hi[0];
+    if (!b->test) return;
     const double h = g->cell_size;
-    const double dx = g->lo[0] + ((double)ix + 0.5) * h - b->mean[0];
+    const double dx = g->lo[0] + 0.5 * h - b->mean[0];
     const double dy = g->lo[1] + ((double)iy + 0.5) * h - b->mean[1];
     const double dz = g->lo[2] + ((double)iz + 0.5) * h - b->mean[2];
     const double ux = b->m[GF_L00] * dx;
     const double uy = b->m[GF_L10] * dx + b->m[GF_L11] * dy;
     const double uz = b->m[GF_L20] * dx + b->m[GF_L21] * dy + b->m[GF_L22] * dz;
-    return ux * ux + uy * uy + uz * uz <= b->reach * b->reach;
+    const double vx = b->m[GF_L00] * h, vy = b->m[GF_L10] * h, vz = b->m[GF_L20] * h;
+    const double a = vx * vx + vy * vy + vz * vz;              /* > 0: M' is invertible */
+    const double bh = ux * vx + uy * vy + uz * vz;
+    const double c = ux * ux + uy * uy + uz * uz - b->reach * b->reach;
+    const double disc = bh * bh - a * c;
+    if (!(disc >= 0.0)) {
+        *x0 = 1;
+        *x1 = 0;
+        return;
+    }
+    const double sq = sqrt(disc);
+    double t0 = (-bh - sq) / a, t1 = (-bh + sq) / a;
+    t0 -= 1e-6 * (1.0 + fabs(t0));
+    t1 += 1e-6 * (1.0 + fabs(t1));
+    const double c0 = ceil(t0), c1 = floor(t1);
+    if (c0 > (double)*x0) *x0 = c0 > (double)*x1 ? *x1 + 1 : (int64_t)c0;
+    if (c1 < (double)*x1) *x1 = c1 < (double)*x0 ? *x0 - 1 : (int64_t)c1;
+}
+
+/* Whether the Gaussian of box b reaches cell (ix, iy, iz) of its box (gf_cull_row). */
+GF_HD int gf_cull_box_reaches(const gf_cull_plan *g, const gf_cull_box *b, int64_t ix,
+                              int64_t iy, int64_t iz) {
+    int64_t x0, x1;
+    gf_cull_row(g, b, iy, iz, &x0, &x1);
+    return ix >= x0 && ix <= x1;
 }
 
 /* The number of cells the Gaussian of box b reaches (the length of its share of the
- * lists).  Visiting them is the triple loop z, y, x over the box with
- * gf_cull_box_reaches; every user walks them in that order. */
+ * lists).  Visiting them is the loop z, y over the box's rows, x over gf_cull_row's
+ * interval; every user walks them in that order. */
 GF_HD int64_t gf_cull_box_count(const gf_cull_plan *g, const gf_cull_box *b) {
     if (b->lo[0] > b->hi[0]) return 0;
     const int64_t cells = (b->hi[0] - b->lo[0] + 1) * (b->hi[1] - b->lo[1] + 1) *
@@ -193,9 +223,11 @@ GF_HD int64_t gf_cull_box_count(const gf_cull_plan *g, const gf_cull_box *b) {
     if (!b->test) return cells;
     int64_t n = 0;
     for (int64_t iz = b->lo[2]; iz <= b->hi[2]; ++iz)
-        for (int64_t iy = b->lo[1]; iy <= b->hi[1]; ++iy)
-            for (int64_t ix = b->lo[0]; ix <= b->hi[0]; ++ix)
-                n += gf_cull_box_reaches(g, b, ix, iy, iz);
+        for (int64_t iy = b->lo[1]; iy <= b->hi[1]; ++iy) {
+            int64_t x0, x1;
+            gf_cull_row(g, b, iy, iz, &x0, &x1);
+            if (x1 >= x0) n += x1 - x0 + 1;
+        }
     return n;
 }
 
