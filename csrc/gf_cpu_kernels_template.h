@@ -91,20 +91,27 @@ static void GF_KERNEL(load_dot)(const gf_params *p, const int64_t *idx, int64_t 
     for (int64_t i = n; i < padded; ++i) t[i] = 0;
 }
 
-/* acc[i] (+)= w * g_i over a tile (w = 0 and assign: the Gaussian values alone). */
-GF_INLINE void GF_KERNEL(tile_values)(const GF_KERNEL(rec_t) *r, const GF_T *px, const GF_T *py,
-                                      const GF_T *pz, GF_T *acc, int accumulate, int kCutoff) {
+/* acc[i] (+)= w * g_i over the first `lanes` points of a tile (w = 0 and assign: the
+ * Gaussian values alone). */
+GF_INLINE void GF_KERNEL(tile_values)(const GF_KERNEL(rec_t) *r, int lanes, const GF_T *px,
+                                      const GF_T *py, const GF_T *pz, GF_T *acc, int accumulate,
+                                      int kCutoff) {
     if (accumulate) {
         const GF_T w = r->w;
 #pragma omp simd
-        for (int i = 0; i < GF_TILE; ++i)
+        for (int i = 0; i < lanes; ++i)
             acc[i] += w * GF_FN(gf_pair_value)(r, px[i], py[i], pz[i], kCutoff);
     } else {
 #pragma omp simd
-        for (int i = 0; i < GF_TILE; ++i)
+        for (int i = 0; i < lanes; ++i)
             acc[i] = GF_FN(gf_pair_value)(r, px[i], py[i], pz[i], kCutoff);
     }
 }
+
+/* Vector lanes to run for a tile of n points: the whole tile in the dense loops (a
+ * constant trip count), n rounded up to 16 in the culled ones, whose cells often leave a
+ * short last tile. */
+#define GF_LANES(idx, n) ((idx) ? (int)(((n) + 15) & ~(int64_t)15) : GF_TILE)
 
 /* The forward of one tile: n <= GF_TILE points (rows GF_ROW(idx, b0, i)) over ng
  * Gaussians (glist[j], or j when glist is NULL), each point's sum in that order. */
@@ -115,12 +122,13 @@ static void GF_KERNEL(forward_tile)(const gf_params *p, const int64_t *idx, int6
     const int cut = gf_has_cutoff(p->cutoff);
     GF_T *out = (GF_T *)p->out;
     GF_T px[GF_TILE], py[GF_TILE], pz[GF_TILE], acc[GF_TILE];
+    const int lanes = GF_LANES(idx, n);
     GF_KERNEL(load_points)(p, idx, b0, n, GF_TILE, px, py, pz, 0, 0);
     if (nc == 1) {
         for (int i = 0; i < GF_TILE; ++i) acc[i] = 0;
         for (int64_t j = 0; j < ng; ++j) {
             const int64_t g = glist ? glist[j] : j;
-#define GF_CALL(k) GF_KERNEL(tile_values)(rec + g, px, py, pz, acc, 1, k)
+#define GF_CALL(k) GF_KERNEL(tile_values)(rec + g, lanes, px, py, pz, acc, 1, k)
             GF_WITH_CUTOFF(cut, GF_CALL);
 #undef GF_CALL
         }
@@ -136,7 +144,7 @@ static void GF_KERNEL(forward_tile)(const gf_params *p, const int64_t *idx, int6
     const int64_t ws0 = p->weights_stride[0], ws1 = p->weights_stride[1];
     for (int64_t j = 0; j < ng; ++j) {
         const int64_t g = glist ? glist[j] : j;
-#define GF_CALL(k) GF_KERNEL(tile_values)(rec + g, px, py, pz, acc, 0, k)
+#define GF_CALL(k) GF_KERNEL(tile_values)(rec + g, lanes, px, py, pz, acc, 0, k)
         GF_WITH_CUTOFF(cut, GF_CALL);
 #undef GF_CALL
         const GF_T *w = weights + g * ws0;
@@ -155,14 +163,15 @@ void GF_KERNEL(gf_forward)(const gf_params *p, int64_t begin, int64_t end) {
     }
 }
 
-/* v (+)= t_i g_i M'^T u'_i over a tile, t_i = w (pt NULL) or pt[i]. */
-GF_INLINE void GF_KERNEL(tile_point_vjp)(const GF_KERNEL(rec_t) *r, const GF_T *px,
+/* v (+)= t_i g_i M'^T u'_i over the first `lanes` points of a tile, t_i = w (pt NULL)
+ * or pt[i]. */
+GF_INLINE void GF_KERNEL(tile_point_vjp)(const GF_KERNEL(rec_t) *r, int lanes, const GF_T *px,
                                          const GF_T *py, const GF_T *pz, const GF_T *pt,
                                          GF_T *vx, GF_T *vy, GF_T *vz, int kCutoff) {
     if (!pt) {
         const GF_T w = r->w;
 #pragma omp simd
-        for (int i = 0; i < GF_TILE; ++i) {
+        for (int i = 0; i < lanes; ++i) {
             const GF_TYPE(gf_point_terms) v =
                 GF_FN(gf_pair_vjp_point)(r, px[i], py[i], pz[i], kCutoff);
             const GF_T s = w * v.g;
@@ -172,7 +181,7 @@ GF_INLINE void GF_KERNEL(tile_point_vjp)(const GF_KERNEL(rec_t) *r, const GF_T *
         }
     } else {
 #pragma omp simd
-        for (int i = 0; i < GF_TILE; ++i) {
+        for (int i = 0; i < lanes; ++i) {
             const GF_TYPE(gf_point_terms) v =
                 GF_FN(gf_pair_vjp_point)(r, px[i], py[i], pz[i], kCutoff);
             const GF_T s = pt[i] * v.g;
@@ -194,6 +203,7 @@ static void GF_KERNEL(points_tile)(const gf_params *p, const int64_t *idx, int64
     GF_T px[GF_TILE], py[GF_TILE], pz[GF_TILE], pg[GF_TILE], pt[GF_TILE];
     GF_T vx[GF_TILE], vy[GF_TILE], vz[GF_TILE];
     const GF_T minus_two_ln2 = (GF_T)(-GF_TWO_LN2);
+    const int lanes = GF_LANES(idx, n);
     GF_KERNEL(load_points)(p, idx, b0, n, GF_TILE, px, py, pz, nc == 1 ? pg : 0, 0);
     for (int i = 0; i < GF_TILE; ++i) vx[i] = vy[i] = vz[i] = 0;
     for (int64_t j = 0; j < ng; ++j) {
@@ -201,7 +211,7 @@ static void GF_KERNEL(points_tile)(const gf_params *p, const int64_t *idx, int64
         /* t = G . w per point for this Gaussian; with one channel, w here and G at the end */
         if (nc > 1) GF_KERNEL(load_dot)(p, idx, b0, n, GF_TILE, g, pt);
 #define GF_CALL(k) \
-    GF_KERNEL(tile_point_vjp)(rec + g, px, py, pz, nc > 1 ? pt : 0, vx, vy, vz, k)
+    GF_KERNEL(tile_point_vjp)(rec + g, lanes, px, py, pz, nc > 1 ? pt : 0, vx, vy, vz, k)
         GF_WITH_CUTOFF(cut, GF_CALL);
 #undef GF_CALL
     }
@@ -520,3 +530,4 @@ void GF_KERNEL(gf_culled_backward_gaussians)(const gf_params *p, const gf_cull_p
 #undef GF_TILE
 #undef GF_BTILE
 #undef GF_ROW
+#undef GF_LANES
