@@ -1,5 +1,7 @@
 /*
- * gf_cuda.cu - the CUDA half of the C API (gaussfield.h): kernels and their launchers.
+ * gf_cuda.cu - the dense CUDA stages of the C API (gaussfield.h): kernels and their
+ * launchers, every point against every Gaussian.  The culled stages are gf_cuda_cull.cu;
+ * what both use (record loads, the records kernel, status checks) is gf_cuda_common.cuh.
  *
  * The maths is gf_math.h, the same header the CPU loops use: a record per Gaussian
  * (mean, weight of channel 0, folded whitening factor M', cutoff threshold) and the
@@ -28,67 +30,16 @@
  * block; each further block evaluates the pair again (CB accumulators per point is
  * what the registers hold).
  */
-#include <cuda_runtime.h>
-
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 
-#include "gaussfield.h"
-#include "gf_cpu_internal.h"
-#include "gf_math.h"
+#include "gf_cuda_common.cuh"
 
 namespace {
 
-template <typename T>
-struct Types;
-template <>
-struct Types<float> {
-    using rec = gf_record_f32;
-    using terms = gf_pair_terms_f32;
-    using point_terms = gf_point_terms_f32;
-};
-template <>
-struct Types<double> {
-    using rec = gf_record_f64;
-    using terms = gf_pair_terms_f64;
-    using point_terms = gf_point_terms_f64;
-};
-
-constexpr int kWarp = 32;
 constexpr int kMaxWarps = 8;
-/* Dynamic shared memory a launch may ask for without opting in (cudaFuncSetAttribute). */
-constexpr size_t kMaxSmem = 48 * 1024;
-
-/* A record copied into registers with 16-byte loads (from shared or global memory). */
-template <typename T>
-__device__ __forceinline__ typename Types<T>::rec load_record(const typename Types<T>::rec *p) {
-    union {
-        typename Types<T>::rec r;
-        uint4 v[sizeof(typename Types<T>::rec) / 16];
-    } u;
-    const uint4 *src = reinterpret_cast<const uint4 *>(p);
-#pragma unroll
-    for (int i = 0; i < int(sizeof(u.v) / 16); ++i) u.v[i] = src[i];
-    return u.r;
-}
-
-/* CB channel values copied into registers with 16-byte loads from shared memory
- * (a staged block of channels starts on a 16-byte boundary). */
-template <typename T, int CB>
-__device__ __forceinline__ void load_channels(const T *src, T (&dst)[CB]) {
-    static_assert((CB * sizeof(T)) % 16 == 0, "a channel block is whole 16-byte vectors");
-    union {
-        T v[CB];
-        uint4 q[CB * sizeof(T) / 16];
-    } u;
-    const uint4 *s = reinterpret_cast<const uint4 *>(src);
-#pragma unroll
-    for (int i = 0; i < int(CB * sizeof(T) / 16); ++i) u.q[i] = s[i];
-#pragma unroll
-    for (int c = 0; c < CB; ++c) dst[c] = u.v[c];
-}
 
 /* Copy records [first, first + count) (count <= 32) into a warp's shared buffer. */
 template <typename T>
@@ -117,56 +68,11 @@ __device__ __forceinline__ void stage_channels(const T *src, const int64_t strid
     }
 }
 
-/* Channels [c0, c0 + CB) of row `row` of an [rows, C] array, 0 past C or past the last
- * row, straight into registers. */
-template <typename T, int CB>
-__device__ __forceinline__ void load_channels_global(const T *src, const int64_t stride[2],
-                                                     int64_t num_rows, int64_t num_channels,
-                                                     int64_t row, int64_t c0, T (&dst)[CB]) {
-#pragma unroll
-    for (int c = 0; c < CB; ++c)
-        dst[c] = (row < num_rows && c0 + c < num_channels)
-                     ? src[row * stride[0] + (c0 + c) * stride[1]]
-                     : T(0);
-}
-
-/* Point b of x (strided), or 0 past the end. */
-template <typename T>
-__device__ __forceinline__ void load_point(const gf_params &p, int64_t b, T &x, T &y, T &z) {
-    if (b < p.num_points) {
-        const T *row = static_cast<const T *>(p.x) + b * p.x_stride[0];
-        x = row[0];
-        y = row[p.x_stride[1]];
-        z = row[2 * p.x_stride[1]];
-    } else {
-        x = y = z = T(0);
-    }
-}
-
 /* The range [begin, end) of part `i` when `total` is split into `parts` near-equal parts. */
 __device__ __forceinline__ void split_range(int64_t total, int64_t parts, int64_t i,
                                             int64_t &begin, int64_t &end) {
     begin = total * i / parts;
     end = total * (i + 1) / parts;
-}
-
-/* Number of channel blocks: 1 for the one-channel path. */
-__host__ __device__ __forceinline__ int64_t channel_blocks(int64_t num_channels, int cb) {
-    return cb == 1 ? 1 : (num_channels + cb - 1) / cb;
-}
-
-/* ---- records: one thread per Gaussian ------------------------------------------ */
-template <typename T>
-__global__ void __launch_bounds__(256)
-    records_kernel(gf_params p, typename Types<T>::rec *records) {
-    const int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-    if (n >= p.num_gaussians) return;
-    const T *means = static_cast<const T *>(p.means);
-    const T *cov = static_cast<const T *>(p.cov);
-    const T *weights = static_cast<const T *>(p.weights);
-    gf_record_init(records + n, means + n * p.means_stride[0], p.means_stride[1],
-                   cov + n * p.cov_stride[0], p.cov_stride[1],
-                   weights[n * p.weights_stride[0]], p.cov_mode, p.eps, p.cutoff);
 }
 
 /*
@@ -346,11 +252,6 @@ constexpr size_t points_smem_bytes(int warps) {
  * accumulate across the blocks, in block order) and G[b, c] g to the block's CB weight
  * sums, which the block writes at the end of its pass.
  */
-template <typename T>
-struct alignas(16) StagedPoint {
-    T x, y, z, g; /* g: G[b] with one channel, unused with more */
-};
-
 /* row[n] = the W warps' values v of the block's Gaussians, added in warp order. */
 template <typename T, int K>
 __device__ __forceinline__ void sum_warps_store(const T (&v)[K], T *red, int64_t first_gaussian,
@@ -573,8 +474,6 @@ int parse_override(const char *spec, const char *key, int fallback) {
     return v > 0 ? v : fallback;
 }
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 /* The plan of gf_cuda_forward (backward = false) or gf_cuda_backward (true). */
 Plan make_plan(const gf_params &p, bool backward, int sm_count) {
     const int64_t B = p.num_points, N = p.num_gaussians, C = p.num_channels;
@@ -633,8 +532,6 @@ struct Layout {
     size_t total = 0;
 };
 
-size_t align256(size_t v) { return (v + 255) & ~size_t(255); }
-
 Layout make_layout(const gf_params &p, const Plan &plan, bool backward) {
     Layout l;
     const size_t elem = p.dtype == GF_FLOAT32 ? sizeof(float) : sizeof(double);
@@ -646,39 +543,12 @@ Layout make_layout(const gf_params &p, const Plan &plan, bool backward) {
     return l;
 }
 
-gf_status cuda_status(cudaError_t e, int *cuda_error) {
-    if (e == cudaSuccess) return GF_OK;
-    if (cuda_error) *cuda_error = int(e);
-    return GF_ERR_CUDA;
-}
-
 gf_status sm_count_of_current_device(int *sm_count, int *cuda_error) {
     int device = 0;
     cudaError_t e = cudaGetDevice(&device);
     if (e == cudaSuccess)
         e = cudaDeviceGetAttribute(sm_count, cudaDevAttrMultiProcessorCount, device);
     return cuda_status(e, cuda_error);
-}
-
-#define GF_LAUNCH_CHECK(cuda_error)                                       \
-    do {                                                                   \
-        const gf_status st_ = cuda_status(cudaGetLastError(), cuda_error); \
-        if (st_ != GF_OK) return st_;                                      \
-    } while (0)
-
-/* Blocks of a 1-D grid: CUDA allows up to 2^31 - 1 in x. */
-constexpr int64_t kMaxGridX = 0x7fffffff;
-bool grid_fits(int64_t blocks) { return blocks <= kMaxGridX; }
-
-template <typename T>
-gf_status launch_records(const gf_params &p, typename Types<T>::rec *records,
-                         cudaStream_t stream, int *cuda_error) {
-    const int threads = 256;
-    if (!grid_fits(ceil_div(p.num_gaussians, threads))) return GF_ERR_BAD_SIZE;
-    const unsigned blocks = unsigned(ceil_div(p.num_gaussians, threads));
-    records_kernel<T><<<blocks, threads, 0, stream>>>(p, records);
-    GF_LAUNCH_CHECK(cuda_error);
-    return GF_OK;
 }
 
 template <typename T, int R, int CB, bool kGradX, bool kCut>
@@ -801,12 +671,7 @@ gf_status launch_gaussians(const gf_params &p, const Plan &plan,
 template <typename T>
 gf_status run_forward(const gf_params &p, const Plan &plan, const Layout &layout,
                       unsigned char *ws, cudaStream_t stream, int *cuda_error) {
-    if (p.num_gaussians == 0)
-        return cuda_status(cudaMemsetAsync(p.out, 0,
-                                           size_t(p.num_points) * size_t(p.num_channels) *
-                                               sizeof(T),
-                                           stream),
-                           cuda_error);
+    if (p.num_gaussians == 0) return zero_outputs<T>(p, false, stream, cuda_error);
     auto *records = reinterpret_cast<typename Types<T>::rec *>(ws + layout.records);
     gf_status st = launch_records<T>(p, records, stream, cuda_error);
     if (st != GF_OK) return st;
@@ -818,18 +683,8 @@ gf_status run_backward(const gf_params &p, const Plan &plan, const Layout &layou
                        unsigned char *ws, cudaStream_t stream, int *cuda_error) {
     const bool want_gaussians = p.grad_means || p.grad_cov || p.grad_weights;
     const int64_t B = p.num_points, N = p.num_gaussians;
-    if (N == 0 || B == 0) {
-        /* empty sums: every wanted gradient is 0 */
-        void *outs[4] = {p.grad_x, p.grad_means, p.grad_cov, p.grad_weights};
-        const int64_t sizes[4] = {3 * B, 3 * N, int64_t(p.cov_mode) * N, N * p.num_channels};
-        for (int i = 0; i < 4; ++i) {
-            if (!outs[i]) continue;
-            const gf_status st = cuda_status(
-                cudaMemsetAsync(outs[i], 0, size_t(sizes[i]) * sizeof(T), stream), cuda_error);
-            if (st != GF_OK) return st;
-        }
-        return GF_OK;
-    }
+    /* empty sums: every wanted gradient is 0 */
+    if (N == 0 || B == 0) return zero_outputs<T>(p, true, stream, cuda_error);
     if (!p.grad_x && !want_gaussians) return GF_OK;
     auto *records = reinterpret_cast<typename Types<T>::rec *>(ws + layout.records);
     gf_status st = launch_records<T>(p, records, stream, cuda_error);
@@ -843,17 +698,6 @@ gf_status run_backward(const gf_params &p, const Plan &plan, const Layout &layou
         st = launch_gaussians<T>(p, plan, records, partial, stream, cuda_error);
     }
     return st;
-}
-
-gf_status check_problem(const gf_params *p, bool backward) {
-    const gf_status st = gf_check_params(p);
-    if (st != GF_OK) return st;
-    const bool points = p->num_points > 0, gaussians = p->num_gaussians > 0;
-    if (points && !p->x) return GF_ERR_NULL_POINTER;
-    if (gaussians && (!p->means || !p->cov || !p->weights)) return GF_ERR_NULL_POINTER;
-    if (!backward) return (points && !p->out) ? GF_ERR_NULL_POINTER : GF_OK;
-    if (points && !p->grad_out) return GF_ERR_NULL_POINTER;
-    return GF_OK;
 }
 
 }  // namespace

@@ -1,6 +1,6 @@
 """Forward + backward on CUDA at sizes that leave partial tiles everywhere, under several
 launch configurations, with one and several channels (partial channel blocks) and with
-and without a cutoff, checked against the CPU.  Run under compute-sanitizer (memcheck,
+and without a cutoff, and the culled path, checked against the CPU.  Run under compute-sanitizer (memcheck,
 racecheck, initcheck) by benchmarks/gpu_session.sh; not collected by pytest."""
 import os
 import sys
@@ -40,4 +40,13 @@ for cfg in CONFIGS:
             for dtype in (torch.float32, torch.float64):
                 for channels, cutoff in [(0, None), (3, None), (11, 3.0), (0, 2.5)]:
                     check(B, N, mode, dtype, channels, cutoff)
+# the culled path (forced): cells with partial chunks, channel blocks, both dtypes
+os.environ["GAUSSFIELD_CUDA_CONFIG"] = ""
+os.environ["GAUSSFIELD_CULLING"] = "always"
+for B, N in [(37, 45), (301, 130), (3000, 700)]:
+    for mode in ("full", "diag"):
+        for dtype in (torch.float32, torch.float64):
+            for channels, cutoff in [(0, 2.5), (3, 3.0), (11, 2.0)]:
+                check(B, N, mode, dtype, channels, cutoff)
+del os.environ["GAUSSFIELD_CULLING"]
 print("cuda_sanitize: all checks passed")

@@ -87,3 +87,33 @@ def test_phantom_values():
     g = grid_points(16, 10.0, dtype=torch.float64)
     v = shepp_logan(2 * g / 10 - 1)
     assert g.shape == (16, 16, 16, 3) and v.min() > -1e-12 and v.max() < 1 + 1e-12
+
+
+def test_cutoff_and_save(tmp_path):
+    # a cutoff too large to mask anything gives the exact curve; a small one changes it
+    exact, _, _ = run_script(tmp_path / "e", "--dtype", "float64", "--steps", "10")
+    wide, _, _ = run_script(tmp_path / "w", "--dtype", "float64", "--steps", "10", "--cutoff", "50")
+    saved = tmp_path / "field" / "trained.pt"
+    cut, out, stdout = run_script(tmp_path / "c", "--dtype", "float64", "--steps", "10", "--cutoff", "1.5",
+                                  "--save", str(saved))
+    assert exact["args"]["cutoff"] is None and wide["args"]["cutoff"] == 50 and cut["args"]["cutoff"] == 1.5
+    assert wide["losses"] == exact["losses"]
+    assert relative_gap(cut["losses"][1:], exact["losses"][1:]) > 1e-6
+    assert "cutoff 1.5" in stdout and "-cut1.5-" in next(out.glob("*.json")).name
+    assert str(saved) in stdout
+
+    # the state_dict of the trained model: the notebook's class loads it
+    sys.path.insert(0, str(EXAMPLES))
+    from notebook_models import FastLearnableGaussianField
+    state = torch.load(saved)
+    assert set(state) == {"means", "cov_tril", "weights"} and state["means"].shape == (32, 3)
+    torch.manual_seed(0)
+    fresh = FastLearnableGaussianField(32)
+    assert not torch.equal(fresh.means.double(), state["means"])  # it trained
+    fresh.load_state_dict(state)
+
+
+def test_cutoff_needs_fused(tmp_path):
+    proc = subprocess.run([sys.executable, str(EXAMPLES / "train_end_to_end.py"), *SMALL, "--impl", "batched",
+                           "--cutoff", "6", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0 and "--cutoff needs --impl fused" in proc.stderr

@@ -4,9 +4,13 @@
 // inputs' device.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <optional>
+
+#include "culling.h"
 #include "gaussfield_ext.h"
 
 namespace gaussfield {
@@ -27,6 +31,65 @@ at::Tensor workspace_for(const gf_params& p, bool backward, const at::Tensor& li
   return at::empty({static_cast<int64_t>(*bytes)}, like.options().dtype(at::kByte));
 }
 
+// The GPU's culling policy: cells of about 128 points (a block's chunk), plan from 2^26
+// pairs (below, the dense kernels take tens of microseconds, what the plan's
+// synchronisation costs), culled when the plan's pairs are under a third of B x N (a
+// culled pair costs more than a dense one: gathered records, partial chunks).
+constexpr CullPolicy kCudaPolicy{128.0, double(1 << 26), 1.0 / 3.0};
+
+// A culling plan and the workspaces of the culled stages.
+struct CudaCulled {
+  gf_cull_plan plan;
+  at::Tensor plan_workspace;
+  at::Tensor workspace;
+};
+
+// The culled structure for p, or nullopt for the dense path.  The plan synchronises
+// the stream (it needs the lists' length on the host), which a CUDA graph capture
+// cannot do: under capture auto takes the dense path and always is an error.
+std::optional<CudaCulled> cull_for(const gf_params& p, const at::Tensor& like, bool backward,
+                                   const at::Tensor& weights, const at::Tensor& grad_out) {
+  const Culling mode = culling_mode();
+  if (!should_plan(p, mode, kCudaPolicy)) return std::nullopt;
+  if (c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None) {
+    TORCH_CHECK(mode != Culling::kAlways,
+                "gaussfield: GAUSSFIELD_CULLING=always cannot be captured in a CUDA graph: the "
+                "culled path's plan reads the size of its lists on the host. Capture with "
+                "GAUSSFIELD_CULLING=auto (the dense path under capture, the same result) or never.");
+    return std::nullopt;
+  }
+  if (!all_finite(weights, grad_out)) return std::nullopt;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  int cuda_error = 0;
+  size_t plan_bytes = 0;
+  check_cuda(gf_cuda_cull_plan_bytes(&p, &plan_bytes, &cuda_error), cuda_error,
+             "culling plan size");
+  at::Tensor plan_ws =
+      at::empty({static_cast<int64_t>(plan_bytes)}, like.options().dtype(at::kByte));
+  auto plan = choose_plan(
+      p, mode, kCudaPolicy,
+      [&](double per_cell) {
+        gf_cull_plan plan{};
+        check_cuda(gf_cuda_cull_plan(&p, per_cell, plan_ws.data_ptr(), plan_bytes, stream,
+                                     &plan, &cuda_error),
+                   cuda_error, "culling plan");
+        return plan;
+      },
+      [&](const gf_cull_plan& plan) {
+        size_t bytes = 0;
+        check_cuda(gf_cuda_culled_workspace_bytes(&p, &plan, backward ? 1 : 0, &bytes,
+                                                  &cuda_error),
+                   cuda_error, "culling workspace size");
+        return bytes + plan_bytes;
+      });
+  if (!plan) return std::nullopt;
+  size_t bytes = 0;
+  check_cuda(gf_cuda_culled_workspace_bytes(&p, &*plan, backward ? 1 : 0, &bytes, &cuda_error),
+             cuda_error, "culling workspace size");
+  at::Tensor ws = at::empty({static_cast<int64_t>(bytes)}, like.options().dtype(at::kByte));
+  return CudaCulled{*plan, plan_ws, ws};
+}
+
 at::Tensor gaussian_field_cuda(const at::Tensor& x, const at::Tensor& means,
                                const at::Tensor& cov, const at::Tensor& weights, double eps,
                               std::optional<double> cutoff) {
@@ -36,6 +99,15 @@ at::Tensor gaussian_field_cuda(const at::Tensor& x, const at::Tensor& means,
   if (p.num_points == 0 || p.num_gaussians == 0) return out;
   const c10::cuda::CUDAGuard guard(x.device());
   p.out = out.data_ptr();
+  if (auto culled = cull_for(p, x, false, weights, at::Tensor())) {
+    int cuda_error = 0;
+    check_cuda(gf_cuda_culled_forward(&p, &culled->plan, culled->plan_workspace.data_ptr(),
+                                      culled->plan_workspace.numel(),
+                                      culled->workspace.data_ptr(), culled->workspace.numel(),
+                                      c10::cuda::getCurrentCUDAStream().stream(), &cuda_error),
+               cuda_error, "culled forward");
+    return out;
+  }
   size_t bytes = 0;
   at::Tensor workspace = workspace_for(p, false, x, &bytes);
   int cuda_error = 0;
@@ -57,9 +129,19 @@ BackwardResult gaussian_field_backward_cuda(const at::Tensor& grad_out, const at
   const bool any_wanted = p.grad_x || p.grad_means || p.grad_cov || p.grad_weights;
   if (p.num_points > 0 && p.num_gaussians > 0 && any_wanted) {
     const c10::cuda::CUDAGuard guard(x.device());
+    int cuda_error = 0;
+    if (auto culled = cull_for(p, x, true, weights, grad_out)) {
+      check_cuda(gf_cuda_culled_backward(&p, &culled->plan, culled->plan_workspace.data_ptr(),
+                                         culled->plan_workspace.numel(),
+                                         culled->workspace.data_ptr(),
+                                         culled->workspace.numel(),
+                                         c10::cuda::getCurrentCUDAStream().stream(),
+                                         &cuda_error),
+                 cuda_error, "culled backward");
+      return {grads[0], grads[1], grads[2], grads[3]};
+    }
     size_t bytes = 0;
     at::Tensor workspace = workspace_for(p, true, x, &bytes);
-    int cuda_error = 0;
     check_cuda(gf_cuda_backward(&p, workspace.data_ptr(), bytes,
                                 c10::cuda::getCurrentCUDAStream().stream(), &cuda_error),
                cuda_error, "backward");
