@@ -28,6 +28,9 @@
 #           cutoff) and after (its GPU defaults, cutoff 6, saving the field: $OUT/train-cull/),
 #           the new size without cutoff for its time per step, then benchmarks/bench_cull.py
 #           with the trained field ($OUT/results/cull-*)
+# culltest  pytest's CUDA cases of the culling, cutoff and CUDA-graph suites (quick)
+# cullbench benchmarks/bench_cull.py alone, cases $CULL_CASES (default big,mid,giant,small),
+#           KeOps from .whl/ as in `cull`
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gaussfield-out}
@@ -46,6 +49,19 @@ fi
 status=0
 
 stage() { echo; echo "=== $1 ($(date -u +%H:%M:%S))"; }
+# KeOps (pykeops, keopscore) from the wheels in .whl/ when carried, into /tmp/site
+keops_wheels() {
+  if compgen -G ".whl/*.whl" > /dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+      .whl/*.whl && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} \
+      || echo "the KeOps wheels did not install: no KeOps peers"
+  else
+    echo "no .whl/: no KeOps peers (carry .whl with pykeops and keopscore wheels)"
+  fi
+  # KeOps compiles its engine with $CXX: the system g++ set above (the /opt/gcc one's
+  # static libstdc++ made it crash), into a cache of its own
+  export KEOPS_CACHE_FOLDER=${KEOPS_CACHE_FOLDER:-/tmp/keops-cache}
+}
 run() {  # run a stage command, log it, remember failure
   local start=$SECONDS
   "$@" 2>&1
@@ -200,18 +216,22 @@ PY
       run python3 benchmarks/bench_maths.py --out "$OUT/results"
     fi
     ;;
+  culltest)
+    stage culltest
+    run python3 -m pytest -q -x -p no:cacheprovider tests/test_culling.py tests/test_cutoff.py \
+      tests/test_cuda_graphs.py -k cuda > "$OUT/pytest-cull.txt" || tail -60 "$OUT/pytest-cull.txt"
+    grep -E "passed|failed|Error|error" "$OUT/pytest-cull.txt" | tail -30
+    ;;
+  cullbench)
+    stage cullbench
+    keops_wheels
+    run python3 benchmarks/bench_cull.py --out "$OUT/results" --cases "${CULL_CASES:-big,mid,giant,small}" \
+      > "$OUT/cullbench.txt"
+    grep -vE "^\[(KeOps|pyKeOps)\]" "$OUT/cullbench.txt" | head -80
+    ;;
   cull)
     stage cull
-    if compgen -G ".whl/*.whl" > /dev/null; then
-      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-        .whl/*.whl && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} \
-        || echo "the KeOps wheels did not install: no KeOps peers"
-    else
-      echo "no .whl/: no KeOps peers (carry .whl with pykeops and keopscore wheels)"
-    fi
-    # KeOps compiles its engine with $CXX: the system g++ set above (the /opt/gcc one's
-    # static libstdc++ made it crash), into a cache of its own
-    export KEOPS_CACHE_FOLDER=${KEOPS_CACHE_FOLDER:-/tmp/keops-cache}
+    keops_wheels
     run python3 benchmarks/keops_peer.py
     mkdir -p "$OUT/train-cull"
     run python3 examples/train_end_to_end.py --gaussians 30000 --batch 131072 --cutoff none --points host \

@@ -6,14 +6,11 @@
 #define GF_CPU_INTERNAL_H
 
 #include "gaussfield.h"
+#include "gf_common.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-/* The checks every stage shares (the CUDA half uses them too): dtype, cov_mode, eps,
- * sizes and strides. */
-gf_status gf_check_params(const gf_params *params);
 
 typedef void (*gf_range_fn)(const gf_params *params, int64_t begin, int64_t end);
 

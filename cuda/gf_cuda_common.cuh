@@ -14,7 +14,7 @@
 #include <cstdint>
 
 #include "gaussfield.h"
-#include "gf_cpu_internal.h" /* gf_check_params */
+#include "gf_common.h"
 #include "gf_math.h"
 
 namespace {

@@ -1,0 +1,50 @@
+/*
+ * gf_common.c - the part of the C API that does not depend on the backend, used by the
+ * CPU stages (gf_cpu.c, gf_cpu_cull.c) and the CUDA ones (cuda/) alike: status strings,
+ * the records' size, and the argument checks every stage shares.
+ */
+#include <math.h>
+
+#include "gaussfield.h"
+#include "gf_common.h"
+#include "gf_math.h"
+
+const char *gf_status_string(gf_status status) {
+    switch (status) {
+    case GF_OK: return "success";
+    case GF_ERR_NULL_POINTER: return "a required pointer is NULL";
+    case GF_ERR_BAD_SIZE: return "a size or stride is negative, or a range is outside [0, size]";
+    case GF_ERR_BAD_DTYPE: return "unknown dtype (expected GF_FLOAT32 or GF_FLOAT64)";
+    case GF_ERR_BAD_COV_MODE: return "unknown cov_mode (expected GF_COV_FULL or GF_COV_DIAG)";
+    case GF_ERR_BAD_EPS: return "eps must be finite and >= 0";
+    case GF_ERR_SMALL_WORKSPACE: return "workspace smaller than the reported size";
+    case GF_ERR_CUDA: return "CUDA runtime error";
+    case GF_ERR_BAD_CUTOFF: return "cutoff must be >= 0 and not NaN (0 or +inf: no cutoff)";
+    }
+    return "unknown gaussfield status";
+}
+
+size_t gf_records_bytes(gf_dtype dtype, int64_t num_gaussians) {
+    if (num_gaussians < 0) return 0;
+    switch (dtype) {
+    case GF_FLOAT32: return (size_t)num_gaussians * sizeof(gf_record_f32);
+    case GF_FLOAT64: return (size_t)num_gaussians * sizeof(gf_record_f64);
+    }
+    return 0;
+}
+
+gf_status gf_check_params(const gf_params *p) {
+    if (!p) return GF_ERR_NULL_POINTER;
+    if (p->dtype != GF_FLOAT32 && p->dtype != GF_FLOAT64) return GF_ERR_BAD_DTYPE;
+    if (p->cov_mode != GF_COV_FULL && p->cov_mode != GF_COV_DIAG) return GF_ERR_BAD_COV_MODE;
+    if (!(isfinite(p->eps) && p->eps >= 0.0)) return GF_ERR_BAD_EPS;
+    if (!(p->cutoff >= 0.0)) return GF_ERR_BAD_CUTOFF;
+    if (p->num_points < 0 || p->num_gaussians < 0 || p->num_channels < 1)
+        return GF_ERR_BAD_SIZE;
+    if (p->x_stride[0] < 0 || p->x_stride[1] < 0 || p->means_stride[0] < 0 ||
+        p->means_stride[1] < 0 || p->cov_stride[0] < 0 || p->cov_stride[1] < 0 ||
+        p->weights_stride[0] < 0 || p->weights_stride[1] < 0 || p->grad_out_stride[0] < 0 ||
+        p->grad_out_stride[1] < 0)
+        return GF_ERR_BAD_SIZE;
+    return GF_OK;
+}
