@@ -29,6 +29,8 @@
 #           the new size without cutoff for its time per step, then benchmarks/bench_cull.py
 #           with the trained field ($OUT/results/cull-*)
 # culltest  pytest's CUDA cases of the culling, cutoff and CUDA-graph suites (quick)
+# cullsan   compute-sanitizer (three tools) over the culled cases of tests/cuda_sanitize.py
+# cullprof  benchmarks/profile_cull.py: kernel times of the culled path, cell-size sweep
 # cullbench benchmarks/bench_cull.py alone, cases $CULL_CASES (default big,mid,giant,small),
 #           KeOps from .whl/ as in `cull`
 set -uo pipefail
@@ -215,6 +217,20 @@ PY
     else
       run python3 benchmarks/bench_maths.py --out "$OUT/results"
     fi
+    ;;
+  cullsan)
+    stage cullsan
+    # the culled kernels alone under the three tools (tests/cuda_sanitize.py culled)
+    for tool in memcheck racecheck initcheck; do
+      run compute-sanitizer --tool $tool --error-exitcode 3 python3 tests/cuda_sanitize.py culled \
+        > "$OUT/san.txt" || tail -25 "$OUT/san.txt"
+      grep -E "ERROR SUMMARY|RACECHECK SUMMARY|all checks passed|Error" "$OUT/san.txt" | tail -4
+    done
+    rm -f "$OUT/san.txt"
+    ;;
+  cullprof)
+    stage cullprof
+    run python3 benchmarks/profile_cull.py --out "$OUT/results"
     ;;
   culltest)
     stage culltest

@@ -159,9 +159,10 @@ gf_status gf_cpu_backward_gaussians(const gf_params *params, int64_t begin, int6
  *  - each cell lists the Gaussians that reach it, in index order, so a point's sums run
  *    over its cell's list in index order and a Gaussian's over its cells in cell order:
  *    the results do not depend on the thread count, and runs are bitwise reproducible;
- *  - points with a non-finite coordinate form one more cell (index num_cells) whose list
- *    is every Gaussian, and a Gaussian with a non-finite mean or factor reaches every
- *    cell: non-finite inputs give what the dense stages give.
+ *  - points with a non-finite coordinate (and, in a backward, points with a non-finite
+ *    grad_out row) form one more cell (index num_cells) whose list is every Gaussian, and
+ *    a Gaussian with a non-finite mean, factor or weight reaches every cell: non-finite
+ *    inputs give what the dense stages give (their 0 * NaN reaches every pair).
  *
  * Memory: the plan reports the lists' length before anything of that size is allocated,
  * so the caller can keep it within a budget (a plan with more points per cell has
@@ -180,7 +181,7 @@ typedef struct gf_cull_plan {
                               * evenly over the cells (for choosing between paths) */
 } gf_cull_plan;
 
-/* Reads x, records (gf_cpu_precompute first), cutoff; writes *plan.  Single-threaded,
+/* Reads x, records (gf_cpu_precompute first), weights, cutoff; writes *plan.  Single-threaded,
  * O(B + the cells the Gaussians reach).  GF_ERR_BAD_CUTOFF without a cutoff;
  * GF_ERR_BAD_SIZE when N exceeds INT32_MAX (the lists hold 32-bit indices) or
  * points_per_cell is not positive. */
@@ -190,7 +191,8 @@ gf_status gf_cpu_cull_plan(const gf_params *params, double points_per_cell, gf_c
  * (0 for a NULL argument). */
 size_t gf_cpu_cull_workspace_bytes(const gf_params *params, const gf_cull_plan *plan);
 
-/* Reads x, records, cutoff and the plan; writes the workspace (the points sorted by cell
+/* Reads x, records, weights, grad_out (when not NULL: a backward's build), cutoff and the
+ * plan; writes the workspace (the points sorted by cell
  * and the cell lists).  Single-threaded, O(B + num_cells + list_length). */
 gf_status gf_cpu_cull_build(const gf_params *params, const gf_cull_plan *plan,
                             void *workspace, size_t workspace_bytes);

@@ -72,7 +72,7 @@ static void point_values(const gf_params *p, int64_t b, double x[3]) {
 static void box_of(const gf_params *p, const gf_cull_plan *plan, int64_t g, gf_cull_box *box) {
     double mean[3], m[6], nkq;
     record_values(p, g, mean, m, &nkq);
-    gf_cull_box_init(plan, mean, m, nkq, box);
+    gf_cull_box_init(plan, mean, m, nkq, gf_cull_reaches_all(p, g), box);
 }
 
 static gf_status check_cull(const gf_params *p, const gf_cull_plan *plan) {
@@ -92,7 +92,7 @@ gf_status gf_cpu_cull_plan(const gf_params *p, double points_per_cell, gf_cull_p
     if (!gf_has_cutoff(p->cutoff)) return GF_ERR_BAD_CUTOFF;
     if (p->num_gaussians > INT32_MAX || !(points_per_cell > 0.0)) return GF_ERR_BAD_SIZE;
     if (p->num_points > 0 && !p->x) return GF_ERR_NULL_POINTER;
-    if (p->num_gaussians > 0 && !p->records) return GF_ERR_NULL_POINTER;
+    if (p->num_gaussians > 0 && (!p->records || !p->weights)) return GF_ERR_NULL_POINTER;
     double lo[3] = {INFINITY, INFINITY, INFINITY}, hi[3] = {-INFINITY, -INFINITY, -INFINITY};
     int64_t finite = 0;
     for (int64_t b = 0; b < p->num_points; ++b) {
@@ -137,7 +137,7 @@ gf_status gf_cpu_cull_build(const gf_params *p, const gf_cull_plan *plan, void *
     if (st != GF_OK) return st;
     if (!workspace) return GF_ERR_NULL_POINTER;
     if (p->num_points > 0 && !p->x) return GF_ERR_NULL_POINTER;
-    if (p->num_gaussians > 0 && !p->records) return GF_ERR_NULL_POINTER;
+    if (p->num_gaussians > 0 && (!p->records || !p->weights)) return GF_ERR_NULL_POINTER;
     const cull_layout l = layout_of(p, plan);
     if (workspace_bytes < l.total) return GF_ERR_SMALL_WORKSPACE;
     char *base = (char *)workspace;
@@ -153,7 +153,8 @@ gf_status gf_cpu_cull_build(const gf_params *p, const gf_cull_plan *plan, void *
     for (int64_t b = 0; b < p->num_points; ++b) {
         double x[3];
         point_values(p, b, x);
-        point_cell[b] = gf_grid_cell(plan, x[0], x[1], x[2]);
+        point_cell[b] = gf_cull_point_seen_by_all(p, b) ? cells
+                                                        : gf_grid_cell(plan, x[0], x[1], x[2]);
         ++cell_start[point_cell[b] + 1];
     }
     counts_to_offsets(cell_start, cells + 1);

@@ -477,7 +477,7 @@ static void GF_KERNEL(culled_sums)(const gf_params *p, const void *ctx, int64_t 
     const double mean[3] = {r->mx, r->my, r->mz};
     const double m[6] = {r->m00, r->m10, r->m11, r->m20, r->m21, r->m22};
     gf_cull_box box;
-    gf_cull_box_init(plan, mean, m, (double)r->nkq, &box);
+    gf_cull_box_init(plan, mean, m, (double)r->nkq, gf_cull_reaches_all(p, g0), &box);
     int64_t idx[GF_BTILE];
     int64_t n = 0;
     GF_T s[GF_NUM_SUMS], sw;

@@ -94,6 +94,34 @@ GF_HD int64_t gf_grid_clamp(const gf_cull_plan *g, int axis, double t) {
     return (int64_t)t;
 }
 
+/* Whether row i of an [rows, C] array of the given dtype (strides in elements) holds only
+ * finite values. */
+GF_HD int gf_row_finite(gf_dtype dtype, const void *a, const int64_t stride[2], int64_t i,
+                        int64_t num_channels) {
+    for (int64_t c = 0; c < num_channels; ++c) {
+        const int64_t at = i * stride[0] + c * stride[1];
+        const double v = dtype == GF_FLOAT32 ? (double)((const float *)a)[at]
+                                             : ((const double *)a)[at];
+        if (!isfinite(v)) return 0;
+    }
+    return 1;
+}
+
+/* Whether Gaussian n's terms reach every point whatever its distance: a NaN or infinite
+ * weight (any channel) makes w * 0 NaN at every pair of the dense stages, so the culled
+ * ones give such a Gaussian every cell. */
+GF_HD int gf_cull_reaches_all(const gf_params *p, int64_t n) {
+    return !gf_row_finite(p->dtype, p->weights, p->weights_stride, n, p->num_channels);
+}
+
+/* Whether point b belongs to the non-finite cell whatever its coordinates: in a backward
+ * (grad_out given), a NaN or infinite grad_out row makes every Gaussian's sums NaN in the
+ * dense stages, so such a point is seen by every Gaussian, as a non-finite point is. */
+GF_HD int gf_cull_point_seen_by_all(const gf_params *p, int64_t b) {
+    return p->grad_out &&
+           !gf_row_finite(p->dtype, p->grad_out, p->grad_out_stride, b, p->num_channels);
+}
+
 /* The cell of a point: x + dims0 (y + dims1 z) for finite coordinates, num_cells for a
  * point with a NaN or infinite coordinate.  Monotone in each coordinate, and computed
  * with the same arithmetic as the Gaussians' boxes, so a point inside a box is in one of
@@ -117,9 +145,10 @@ typedef struct gf_cull_box {
 } gf_cull_box;
 
 /* The box of one Gaussian from its record's values (mean, M', nkq = -a^2 k^2, finite
- * with a cutoff).  Non-finite values: every cell, no test. */
+ * with a cutoff).  Non-finite values, or reach_all (gf_cull_reaches_all): every cell, no
+ * test. */
 GF_HD void gf_cull_box_init(const gf_cull_plan *g, const double mean[3], const double m[6],
-                            double nkq, gf_cull_box *b) {
+                            double nkq, int reach_all, gf_cull_box *b) {
     const double ak = sqrt(-nkq) * (1.0 + GF_CULL_MARGIN);
     /* L' = M'^{-1} (lower); Sigma' = L' L'^T, whose diagonal gives the box */
     const double l00 = 1.0 / m[GF_L00], l11 = 1.0 / m[GF_L11], l22 = 1.0 / m[GF_L22];
@@ -129,7 +158,7 @@ GF_HD void gf_cull_box_init(const gf_cull_plan *g, const double mean[3], const d
     const double ext[3] = {ak * sqrt(l00 * l00), ak * sqrt(l10 * l10 + l11 * l11),
                            ak * sqrt(l20 * l20 + l21 * l21 + l22 * l22)};
     double norm2 = 0.0;
-    int finite = isfinite(ak);
+    int finite = isfinite(ak) && !reach_all;
     for (int i = 0; i < 6; ++i) {
         b->m[i] = m[i];
         norm2 += m[i] * m[i];

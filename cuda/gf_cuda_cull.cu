@@ -13,12 +13,14 @@
  *                count of the finite points; each block reduces its threads in a fixed
  *                tree and writes one partial
  *   grid         one thread: the partials in block order, then gf_grid_choose
- *   count        one thread per Gaussian: gf_cull_box_init + gf_cull_box_count
+ *   count        one thread per Gaussian: gf_cull_box_init + gf_cull_box_count (a
+ *                non-finite weight: every cell)
  *   scan         cub::DeviceScan of the counts: each Gaussian's offset in the lists
  *   finish       one thread: list_length; the plan is copied to the host
  *
  * Build (inside the culled forward and backward, on the stream, no synchronisation):
- *   point_cells  one thread per point: its cell (gf_grid_cell; non-finite: num_cells)
+ *   point_cells  one thread per point: its cell (gf_grid_cell; a non-finite coordinate, or
+ *                in a backward a non-finite grad_out row: num_cells, seen by every Gaussian)
  *   sort         cub::DeviceRadixSort (stable) of (cell, point index): points by cell,
  *                in index order within a cell
  *   cells        one thread per cell: cell_start (binary search in the sorted cells) and
@@ -102,14 +104,15 @@ __device__ __forceinline__ int64_t lower_bound_u32(const uint32_t *a, int64_t n,
     return lo;
 }
 
-/* The culling box of a Gaussian, from its record's values in double (as the CPU does). */
+/* The culling box of Gaussian n, from its record's values in double (as the CPU does) and
+ * its weights' finiteness. */
 template <typename T>
-__device__ __forceinline__ void box_of(const gf_cull_plan &g, const typename Types<T>::rec &r,
-                                       gf_cull_box *b) {
+__device__ __forceinline__ void box_of(const gf_cull_plan &g, const gf_params &p, int64_t n,
+                                       const typename Types<T>::rec &r, gf_cull_box *b) {
     const double mean[3] = {double(r.mx), double(r.my), double(r.mz)};
     const double m[6] = {double(r.m00), double(r.m10), double(r.m11),
                          double(r.m20), double(r.m21), double(r.m22)};
-    gf_cull_box_init(&g, mean, m, double(r.nkq), b);
+    gf_cull_box_init(&g, mean, m, double(r.nkq), gf_cull_reaches_all(&p, n), b);
 }
 
 /* The pair values of a record (mx .. nkq), from global memory into a staging slot. */
@@ -228,7 +231,7 @@ __global__ void grid_kernel(const BBox *partial, int num_partials, double points
 /* One thread per Gaussian (and one more for the scan's final 0): cells reached. */
 template <typename T>
 __global__ void __launch_bounds__(kThreads, 4)
-    count_kernel(const gf_cull_plan *plan, const typename Types<T>::rec *records,
+    count_kernel(gf_params p, const gf_cull_plan *plan, const typename Types<T>::rec *records,
                  int64_t num_gaussians, int64_t *counts) {
     const int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
     if (n > num_gaussians) return;
@@ -238,7 +241,7 @@ __global__ void __launch_bounds__(kThreads, 4)
     }
     const gf_cull_plan g = *plan;
     gf_cull_box box;
-    box_of<T>(g, load_record<T>(records + n), &box);
+    box_of<T>(g, p, n, load_record<T>(records + n), &box);
     counts[n] = gf_cull_box_count(&g, &box);
 }
 
@@ -256,7 +259,9 @@ __global__ void __launch_bounds__(kThreads)
     if (b >= p.num_points) return;
     T x, y, z;
     load_point<T>(p, b, x, y, z);
-    cell[b] = uint32_t(gf_grid_cell(&g, double(x), double(y), double(z)));
+    cell[b] = uint32_t(gf_cull_point_seen_by_all(&p, b)
+                           ? g.num_cells
+                           : gf_grid_cell(&g, double(x), double(y), double(z)));
     order[b] = b;
 }
 
@@ -296,7 +301,7 @@ __global__ void __launch_bounds__(kThreads)
  * them) as (cell, n) at [offsets[n], offsets[n + 1]). */
 template <typename T>
 __global__ void __launch_bounds__(kThreads, 4) /* latency-bound: warps in flight */
-    fill_lists_kernel(gf_cull_plan g, const typename Types<T>::rec *records,
+    fill_lists_kernel(gf_params p, gf_cull_plan g, const typename Types<T>::rec *records,
                       int64_t num_gaussians, const int64_t *offsets, uint32_t *keys,
                       int32_t *entries) {
     const int lane = threadIdx.x % kWarp;
@@ -304,7 +309,7 @@ __global__ void __launch_bounds__(kThreads, 4) /* latency-bound: warps in flight
     if (n >= num_gaussians) return; /* whole warps */
     const int64_t base = offsets[n], cap = offsets[n + 1] - base;
     gf_cull_box box;
-    box_of<T>(g, load_record<T>(records + n), &box);
+    box_of<T>(g, p, n, load_record<T>(records + n), &box);
     int64_t written = 0;
     if (box.lo[0] <= box.hi[0]) {
         /* the box has at most num_cells <= GF_CULL_MAX_CELLS cells: int indices */
@@ -495,7 +500,7 @@ __global__ void __launch_bounds__(kGaussWarps *kWarp, 3)
     if (slot >= N) return; /* whole warps; no block barrier below */
     const int64_t n = int64_t(gauss_order[slot]);
     const rec_t rec = load_record<T>(records + n);
-    if (lane == 0) box_of<T>(g, rec, &s_box[warp]);
+    if (lane == 0) box_of<T>(g, p, n, rec, &s_box[warp]);
     __syncwarp();
     const gf_cull_box &box = s_box[warp];
     const bool box_empty = box.lo[0] > box.hi[0];
@@ -716,7 +721,7 @@ gf_status run_plan(const gf_params &p, double points_per_cell, const PlanLayout 
     GF_LAUNCH_CHECK(cuda_error);
     if (!grid_fits(ceil_div(N + 1, kThreads))) return GF_ERR_BAD_SIZE;
     count_kernel<T><<<unsigned(ceil_div(N + 1, kThreads)), kThreads, 0, stream>>>(
-        plan_d, records, N, offsets);
+        p, plan_d, records, N, offsets);
     GF_LAUNCH_CHECK(cuda_error);
     size_t temp_bytes = l.temp_bytes;
     st = cuda_status(cub::DeviceScan::ExclusiveSum(ws + l.temp, temp_bytes, offsets, N + 1,
@@ -840,7 +845,7 @@ gf_status run_culled(const gf_params &p, const gf_cull_plan &plan, bool backward
                                         reinterpret_cast<int32_t *>(ws + l.list_entries[1]));
         if (L > 0) {
             fill_lists_kernel<T><<<unsigned(ceil_div(N, kThreads / kWarp)), kThreads, 0,
-                                   stream>>>(plan, records, N, offsets, lkeys.Current(),
+                                   stream>>>(p, plan, records, N, offsets, lkeys.Current(),
                                              lent.Current());
             GF_LAUNCH_CHECK(cuda_error);
             temp_bytes = l.temp_bytes;

@@ -162,6 +162,29 @@ def test_edges(monkeypatch, device, dtype, mode, edge):
     assert_same_field(culled, dense, 4 * RTOL[dtype], edge)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("edge", ["nan_weight", "inf_weight", "nan_grad_out"])
+def test_nonfinite_channel(monkeypatch, device, dtype, edge):
+    """A non-finite weight or grad_out in one channel of three: the culled path gives the
+    dense path's NaN (every pair of the dense path meets it), and really culls."""
+    x, means, cov, w, grad_out = edge_inputs("plain", "full")
+    w = w[:, None] * torch.tensor([1.0, -0.5, 2.0], dtype=F64)
+    grad_out = grad_out[:, None] * torch.tensor([0.3, 1.0, -1.0], dtype=F64)
+    if edge == "nan_weight":
+        w[7, 2] = float("nan")
+    elif edge == "inf_weight":
+        w[8, 1] = -float("inf")
+    else:
+        grad_out[[3, 1500], [0, 2]] = float("nan")
+    ins = rounded((x, means, cov, w, grad_out), dtype, device)
+    culled, dense = both(monkeypatch, *ins, 3.0)
+    assert any(torch.isnan(t).any() for t in dense)
+    assert_same_field(culled, dense, 4 * RTOL[dtype], edge)
+    stats = gaussfield.culling_stats(*ins[:4], cutoff=3.0)
+    assert stats["pairs_evaluated"] < x.shape[0] * means.shape[0] / 3
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_edges_are_culled(mode):
     """The edge cases' field is local: the culled path evaluates under a third of B x N."""
@@ -338,11 +361,13 @@ def test_auto_matches_dense(monkeypatch, device):
 @pytest.mark.parametrize("var, value", [("GAUSSFIELD_CULLING", "sometimes"),
                                         ("GAUSSFIELD_CULLING", "ALWAYS"),
                                         ("GAUSSFIELD_CULLING_BUDGET_MB", "-1"),
-                                        ("GAUSSFIELD_CULLING_BUDGET_MB", "lots")])
+                                        ("GAUSSFIELD_CULLING_BUDGET_MB", "lots"),
+                                        ("GAUSSFIELD_CULLING_POINTS_PER_CELL", "0"),
+                                        ("GAUSSFIELD_CULLING_POINTS_PER_CELL", "many")])
 def test_bad_settings_raise(monkeypatch, device, var, value):
     x, means, cov, w = make_inputs(100, 10, "full", torch.float32, device, seed=1)
     monkeypatch.setenv(var, value)
-    if var == "GAUSSFIELD_CULLING_BUDGET_MB":
+    if var != "GAUSSFIELD_CULLING":
         monkeypatch.setenv("GAUSSFIELD_CULLING", "always")
     with pytest.raises(RuntimeError, match=var):
         gaussfield.gaussian_field(x, means, cov, w, cutoff=3.0)

@@ -47,9 +47,8 @@ struct Culled {
 
 // The culled structure for p (records set), or nullopt for the dense path.
 std::optional<Culled> cull_for(const gf_params& p, const at::Tensor& like, Culling mode,
-                               const at::Tensor& weights, const at::Tensor& grad_out,
                                const CullPolicy& policy = kCpuPolicy) {
-  if (!should_plan(p, mode, policy) || !all_finite(weights, grad_out)) return std::nullopt;
+  if (!should_plan(p, mode, policy)) return std::nullopt;
   auto plan = choose_plan(
       p, mode, policy,
       [&](double per_cell) {
@@ -75,7 +74,7 @@ at::Tensor gaussian_field_cpu(const at::Tensor& x, const at::Tensor& means,
   at::Tensor records = records_for(p, x);
   p.records = records.data_ptr();
   p.out = out.data_ptr();
-  if (auto culled = cull_for(p, x, culling_mode(), weights, at::Tensor())) {
+  if (auto culled = cull_for(p, x, culling_mode())) {
     // a cell is a tile or two of points over its list
     const gf_cull_plan& plan = culled->plan;
     const void* ws = culled->workspace.data_ptr();
@@ -103,7 +102,7 @@ BackwardResult gaussian_field_backward_cpu(const at::Tensor& grad_out, const at:
   if (p.num_points > 0 && p.num_gaussians > 0 && any_wanted) {
     at::Tensor records = records_for(p, x);
     p.records = records.data_ptr();
-    if (auto culled = cull_for(p, x, culling_mode(), weights, grad_out)) {
+    if (auto culled = cull_for(p, x, culling_mode())) {
       const gf_cull_plan& plan = culled->plan;
       const void* ws = culled->workspace.data_ptr();
       if (p.grad_x) {
@@ -153,7 +152,7 @@ std::vector<double> culling_stats_cpu(const at::Tensor& x, const at::Tensor& mea
   p.records = records.data_ptr();
   CullPolicy policy = kCpuPolicy;
   policy.points_per_cell = points_per_cell;
-  auto culled = cull_for(p, x, Culling::kAlways, weights, at::Tensor(), policy);
+  auto culled = cull_for(p, x, Culling::kAlways, policy);
   if (!culled) return {};
   const gf_cull_plan& plan = culled->plan;
   double pairs = 0;

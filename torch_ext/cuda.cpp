@@ -47,8 +47,7 @@ struct CudaCulled {
 // The culled structure for p, or nullopt for the dense path.  The plan synchronises
 // the stream (it needs the lists' length on the host), which a CUDA graph capture
 // cannot do: under capture auto takes the dense path and always is an error.
-std::optional<CudaCulled> cull_for(const gf_params& p, const at::Tensor& like, bool backward,
-                                   const at::Tensor& weights, const at::Tensor& grad_out) {
+std::optional<CudaCulled> cull_for(const gf_params& p, const at::Tensor& like, bool backward) {
   const Culling mode = culling_mode();
   if (!should_plan(p, mode, kCudaPolicy)) return std::nullopt;
   if (c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None) {
@@ -58,7 +57,6 @@ std::optional<CudaCulled> cull_for(const gf_params& p, const at::Tensor& like, b
                 "GAUSSFIELD_CULLING=auto (the dense path under capture, the same result) or never.");
     return std::nullopt;
   }
-  if (!all_finite(weights, grad_out)) return std::nullopt;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   int cuda_error = 0;
   size_t plan_bytes = 0;
@@ -99,7 +97,7 @@ at::Tensor gaussian_field_cuda(const at::Tensor& x, const at::Tensor& means,
   if (p.num_points == 0 || p.num_gaussians == 0) return out;
   const c10::cuda::CUDAGuard guard(x.device());
   p.out = out.data_ptr();
-  if (auto culled = cull_for(p, x, false, weights, at::Tensor())) {
+  if (auto culled = cull_for(p, x, false)) {
     int cuda_error = 0;
     check_cuda(gf_cuda_culled_forward(&p, &culled->plan, culled->plan_workspace.data_ptr(),
                                       culled->plan_workspace.numel(),
@@ -130,7 +128,7 @@ BackwardResult gaussian_field_backward_cuda(const at::Tensor& grad_out, const at
   if (p.num_points > 0 && p.num_gaussians > 0 && any_wanted) {
     const c10::cuda::CUDAGuard guard(x.device());
     int cuda_error = 0;
-    if (auto culled = cull_for(p, x, true, weights, grad_out)) {
+    if (auto culled = cull_for(p, x, true)) {
       check_cuda(gf_cuda_culled_backward(&p, &culled->plan, culled->plan_workspace.data_ptr(),
                                          culled->plan_workspace.numel(),
                                          culled->workspace.data_ptr(),

@@ -1,7 +1,6 @@
 // culling.cpp - the GAUSSFIELD_CULLING switch and budget (see culling.h).
 #include "culling.h"
 
-#include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
 #include <cstdlib>
@@ -28,9 +27,14 @@ size_t culling_budget_bytes() {
   return static_cast<size_t>(mb * 1048576.0);
 }
 
-bool all_finite(const at::Tensor& weights, const at::Tensor& grad_out) {
-  if (!weights.isfinite().all().item<bool>()) return false;
-  return !grad_out.defined() || grad_out.isfinite().all().item<bool>();
+double points_per_cell_setting(double fallback) {
+  const char* v = std::getenv("GAUSSFIELD_CULLING_POINTS_PER_CELL");
+  if (!v || !*v) return fallback;
+  char* end = nullptr;
+  const double n = std::strtod(v, &end);
+  TORCH_CHECK(end && *end == '\0' && n >= 1 && n < 1e12,
+              "GAUSSFIELD_CULLING_POINTS_PER_CELL must be a number of points >= 1, got '", v, "'");
+  return n;
 }
 
 }  // namespace gaussfield

@@ -9,6 +9,9 @@
 //                                      the budget at some cell size)
 //                      never           the dense masked path
 //   GAUSSFIELD_CULLING_BUDGET_MB       the culling workspace's cap (default 1024 MiB)
+//   GAUSSFIELD_CULLING_POINTS_PER_CELL the grid's target of points per cell (default: the
+//                                      device's policy, 64 on the CPU, 128 on CUDA); a
+//                                      tuning knob for benchmarks/profile_cull.py
 //
 // The culled and dense paths compute the same pairs' sums (gf_pair_keep decides both);
 // only the summation order differs.
@@ -19,10 +22,6 @@
 #include <optional>
 
 #include "gaussfield.h"
-
-namespace at {
-class Tensor;
-}
 
 namespace gaussfield {
 
@@ -35,17 +34,16 @@ Culling culling_mode();
 // value that is not a positive number).
 size_t culling_budget_bytes();
 
+// GAUSSFIELD_CULLING_POINTS_PER_CELL, or `fallback` when unset (throws for a value that is
+// not a positive number).
+double points_per_cell_setting(double fallback);
+
 // What a device's path choice needs to know.
 struct CullPolicy {
   double points_per_cell;  // the plan's target
   double min_pairs;        // auto: below B x N = min_pairs the dense path, without a plan
   double max_share;        // auto: culled when the plan's pairs < max_share * B x N
 };
-
-// Whether the weights (and grad_out, when defined) are all finite.  The culled path is
-// taken only then: a non-finite weight or grad_out reaches every pair of the dense path
-// through 0 * NaN (its documented NaN semantics), which culling would not reproduce.
-bool all_finite(const at::Tensor& weights, const at::Tensor& grad_out);
 
 // Whether to plan at all.
 inline bool should_plan(const gf_params& p, Culling mode, const CullPolicy& policy) {
@@ -67,7 +65,7 @@ std::optional<gf_cull_plan> choose_plan(const gf_params& p, Culling mode,
                                         BytesFn bytes_fn) {
   if (!should_plan(p, mode, policy)) return std::nullopt;
   const size_t budget = culling_budget_bytes();
-  double per_cell = policy.points_per_cell;
+  double per_cell = points_per_cell_setting(policy.points_per_cell);
   for (int attempt = 0; attempt < 8; ++attempt, per_cell *= 8.0) {
     gf_cull_plan plan = plan_fn(per_cell);
     if (bytes_fn(plan) <= budget) {
