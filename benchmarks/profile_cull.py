@@ -131,7 +131,8 @@ def main():
                 row = {"points_per_cell": ppc}
                 for kind, fn in fns.items():
                     row[kind + "_ms"] = median_ms(fn)
-                st = gaussfield.culling_stats(x, model.means, model.cov_tril, model.weights, cutoff=CUTOFF)
+                st = gaussfield.culling_stats(x, model.means, model.cov_tril.to(x.dtype), model.weights,
+                                              cutoff=CUTOFF, device_type="cuda")
                 row["pairs_evaluated"] = st.get("pairs_evaluated")
                 row["cells"] = st.get("dims")
             finally:

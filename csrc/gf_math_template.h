@@ -267,11 +267,10 @@ typedef struct GF_TYPE(gf_pair_terms) {
  *                      to the Gaussian's sums in double)
  * returns:             the pair's terms (GF_NUM_SUMS order after gg); gf_gaussian_vjp
  *                      turns a Gaussian's sums into its gradients. */
-GF_HD GF_TYPE(gf_pair_terms) GF_FN(gf_pair_vjp_gaussian)(const GF_TYPE(gf_record) *r, GF_T x,
-                                                         GF_T y, GF_T z, GF_T grad, GF_T t,
-                                                         int kCutoff) {
-    const GF_TYPE(gf_pair) p = GF_FN(gf_pair_whiten)(r, x, y, z);
-    const GF_T g = GF_FN(gf_pair_gauss)(r, p.e, kCutoff);
+/* The terms of a pair already whitened (p) whose masked value is g. */
+GF_HD GF_TYPE(gf_pair_terms) GF_FN(gf_pair_terms_of)(const GF_TYPE(gf_pair) *pp, GF_T g,
+                                                     GF_T grad, GF_T t) {
+    const GF_TYPE(gf_pair) p = *pp;
     GF_TYPE(gf_pair_terms) c;
     const GF_T tg = t * g;
     c.gg = grad * g;
@@ -285,6 +284,13 @@ GF_HD GF_TYPE(gf_pair_terms) GF_FN(gf_pair_vjp_gaussian)(const GF_TYPE(gf_record
     c.txz = c.tux * p.uz;
     c.tyz = c.tuy * p.uz;
     return c;
+}
+
+GF_HD GF_TYPE(gf_pair_terms) GF_FN(gf_pair_vjp_gaussian)(const GF_TYPE(gf_record) *r, GF_T x,
+                                                         GF_T y, GF_T z, GF_T grad, GF_T t,
+                                                         int kCutoff) {
+    const GF_TYPE(gf_pair) p = GF_FN(gf_pair_whiten)(r, x, y, z);
+    return GF_FN(gf_pair_terms_of)(&p, GF_FN(gf_pair_gauss)(r, p.e, kCutoff), grad, t);
 }
 
 /* sums to accumulate: s[0..8] += c (GF_NUM_SUMS order; gg is summed by the caller). */

@@ -26,33 +26,36 @@
  *   cells        one thread per cell: cell_start (binary search in the sorted cells) and
  *                the cell's chunk count, ceil(points / 128); a scan gives chunk_start
  *   gather       one thread per sorted point: x (and grad_out with one channel)
- *   fill_lists   one warp per Gaussian: its reached cells in z, y, x order (lanes test
- *                32 consecutive cells, a ballot ranks them), written as (cell, Gaussian)
- *                at the Gaussian's offset from the plan, so the pairs are in Gaussian
- *                order; a stable radix sort by cell then leaves each cell's list in
- *                ascending Gaussian order.  A Gaussian writes at most its planned count
- *                and pads the rest with the key num_cells (sorted past every list).
+ *   fill_lists   one warp per Gaussian: its reached cells in z, y, x order (lanes solve
+ *                32 rows' intervals at a time, a warp scan places them), written as
+ *                (cell, Gaussian) at the Gaussian's offset from the plan, so the pairs are
+ *                in Gaussian order; a stable radix sort by cell then leaves each cell's
+ *                list in ascending Gaussian order.  A Gaussian writes at most its planned
+ *                count and pads the rest with the key num_cells (sorted past every list).
  *   list_start   one thread per cell: binary search in the sorted keys
  *   gauss_order  (backward) the Gaussians sorted by the cell of their mean: an execution
  *                order that puts Gaussians sharing cells in one block (results do not
  *                depend on it)
  *
- * points_kernel (forward, backward to x): a block owns one chunk of one cell, at most
- * 128 points (a cell's points split into ceil(n / 128) chunks of whole warps), one point
- * per thread.  The block walks the cell's list (cell num_cells: every Gaussian) in list
- * order, 128 records at a time gathered into shared memory, so each point's sum runs
- * over its cell's Gaussians in ascending index order: one owner per output row, no
- * reduction.  Channels as in gf_cuda.cu: CB = 1 uses the record's weight; C > 1 stages
- * the weights of a block of CB = 4 or 8 channels beside the records; the forward
- * spreads the channel blocks over grid.y, the backward to x loops over them in order.
+ * points_kernel (forward, backward to x): a block of 128 threads owns one chunk of one
+ * cell, at most 256 points (a cell's points split into ceil(n / 256) chunks of whole
+ * groups of 32): thread t holds point t and, where the chunk has more than 128, point
+ * t + 128, so that a warp with two slots evaluates each record it reads from shared
+ * memory against two points.  The block walks the cell's list (cell num_cells: every
+ * Gaussian) in list order, 128 records at a time gathered into shared memory, so each
+ * point's sum runs over its cell's Gaussians in ascending index order: one owner per
+ * output row, no reduction.  Channels as in gf_cuda.cu: CB = 1 uses the record's weight;
+ * C > 1 stages the weights of a block of CB = 4 or 8 channels beside the records; the
+ * forward spreads the channel blocks over grid.y, the backward to x loops over them in
+ * order.
  *
  * gaussians_kernel (backward to means, cov, weights): a warp owns one Gaussian; blocks
  * take 8 Gaussians consecutive in gauss_order, so the warps of a multiprocessor read
  * neighbouring cells and mostly hit L1.  The warp walks the rows (z, y) of its box; in
- * each row its lanes test 32 cells at a time (gf_cull_box_reaches, a ballot) for the
- * first and last reached cell, and the lanes stride over the points of those cells,
- * contiguous in the sorted points (cells between them that the test dropped hold no
- * pair that gf_pair_keep keeps, so they add zeros).  Last, the non-finite cell's
+ * each row it solves the row's interval of reached cells (gf_cull_row, warp-uniform), and
+ * the lanes stride over the points of those cells, contiguous in the sorted points; a
+ * group of 32 pairs that the test drops entirely skips its terms (exact zeros where the
+ * points, grad_out, record and weights are finite).  Last, the non-finite cell's
  * points, which every Gaussian sees.  A lane sums its pairs' terms in T over a row and
  * adds the row into double; at the end the 32 lanes' doubles are added by a fixed
  * shuffle tree and lane 0 applies the chain rule (gf_gaussian_vjp_store) and writes
@@ -82,12 +85,13 @@
 namespace {
 
 constexpr int kChunkWarps = 4;
-constexpr int kChunk = kChunkWarps * kWarp; /* points of a points_kernel block */
-constexpr int kBatch = kChunk;              /* records staged per batch (one per thread) */
+constexpr int kChunkThreads = kChunkWarps * kWarp; /* threads of a points_kernel block */
+constexpr int kChunk = 2 * kChunkThreads;  /* its points at most: two slots a thread */
+constexpr int kBatch = kChunkThreads;      /* records staged per batch (one per thread) */
 constexpr int kGaussWarps = 8;              /* Gaussians of a gaussians_kernel block */
 constexpr int kThreads = 256;               /* threads of the one-per-item kernels */
 constexpr int kBBoxThreads = 256;
-constexpr int kMaxBBoxBlocks = 1024;
+constexpr int kMaxBBoxBlocks = 128; /* grid_kernel merges them in one thread */
 /* The record values the pair functions read (mx .. nkq): 3 vectors (float), 6 (double). */
 constexpr int kPairVals = 12;
 
@@ -298,7 +302,9 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 /* Warp per Gaussian n: its reached cells (z, y, x order, as gf_cull_box_count counts
- * them) as (cell, n) at [offsets[n], offsets[n + 1]). */
+ * them) as (cell, n) at [offsets[n], offsets[n + 1]).  Lanes take 32 rows (z, y) of the
+ * box at a time: each solves its row's interval (gf_cull_row), a warp scan of the
+ * intervals' lengths gives each row's place, and the lane writes its row's cells. */
 template <typename T>
 __global__ void __launch_bounds__(kThreads, 4) /* latency-bound: warps in flight */
     fill_lists_kernel(gf_params p, gf_cull_plan g, const typename Types<T>::rec *records,
@@ -312,26 +318,30 @@ __global__ void __launch_bounds__(kThreads, 4) /* latency-bound: warps in flight
     box_of<T>(g, p, n, load_record<T>(records + n), &box);
     int64_t written = 0;
     if (box.lo[0] <= box.hi[0]) {
-        /* the box has at most num_cells <= GF_CULL_MAX_CELLS cells: int indices */
-        const int nx = int(box.hi[0] - box.lo[0] + 1), ny = int(box.hi[1] - box.lo[1] + 1);
-        const int cells = nx * ny * int(box.hi[2] - box.lo[2] + 1);
-        for (int t0 = 0; t0 < cells && written < cap; t0 += kWarp) {
-            const int t = t0 + lane;
-            bool reach = false;
-            int64_t cell = 0;
-            if (t < cells) {
-                const int64_t ix = box.lo[0] + t % nx, iy = box.lo[1] + (t / nx) % ny,
-                              iz = box.lo[2] + t / (nx * ny);
-                reach = gf_cull_box_reaches(&g, &box, ix, iy, iz) != 0;
-                cell = ix + g.dims[0] * (iy + g.dims[1] * iz);
+        const int64_t ny = box.hi[1] - box.lo[1] + 1;
+        const int64_t rows = ny * (box.hi[2] - box.lo[2] + 1);
+        for (int64_t r0 = 0; r0 < rows && written < cap; r0 += kWarp) {
+            const int64_t r = r0 + lane;
+            int64_t x0 = 1, x1 = 0, iy = 0, iz = 0;
+            if (r < rows) {
+                iy = box.lo[1] + r % ny;
+                iz = box.lo[2] + r / ny;
+                gf_cull_row(&g, &box, iy, iz, &x0, &x1);
             }
-            const unsigned mask = __ballot_sync(0xffffffffu, reach);
-            const int64_t k = written + __popc(mask & ((1u << lane) - 1u));
-            if (reach && k < cap) {
-                keys[base + k] = uint32_t(cell);
-                entries[base + k] = int32_t(n);
+            const int64_t count = x1 >= x0 ? x1 - x0 + 1 : 0;
+            int64_t incl = count; /* inclusive scan over the lanes */
+#pragma unroll
+            for (int off = 1; off < kWarp; off <<= 1) {
+                const int64_t v = __shfl_up_sync(0xffffffffu, incl, off);
+                if (lane >= off) incl += v;
             }
-            written += __popc(mask);
+            const int64_t first = written + incl - count;
+            const int64_t cell0 = x0 + g.dims[0] * (iy + g.dims[1] * iz);
+            for (int64_t q = 0; q < count && first + q < cap; ++q) {
+                keys[base + first + q] = uint32_t(cell0 + q);
+                entries[base + first + q] = int32_t(n);
+            }
+            written += __shfl_sync(0xffffffffu, incl, kWarp - 1);
         }
     }
     /* fewer cells than planned (only if the plan's count rounded differently): pad */
@@ -363,13 +373,55 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 /* ---- points_kernel: forward (kGradX = false) and backward to x ------------------ */
+
+/* One staged batch of `count` records against a warp's R point slots (R = 2 when the
+ * warp holds a second slot of points: each record loaded from shared memory then serves
+ * two pairs).  Sums in the list's order, per slot. */
+template <typename T, int CB, bool kGradX, int R>
+__device__ __forceinline__ void points_batch(const T *s_rec, const T *s_w, int count,
+                                             const StagedPoint<T> (&sp)[2],
+                                             const T (&grad)[2][CB], T (&acc)[2][CB],
+                                             T (&gx)[2][3]) {
+    using rec_t = typename Types<T>::rec;
+    constexpr int kUnroll = CB == 1 && R == 1 ? 2 : 1;
+#pragma unroll kUnroll
+    for (int e = 0; e < count; ++e) {
+        const rec_t r = load_pair_values<T>(s_rec + e * kPairVals);
+        T w[CB];
+        if constexpr (CB == 1)
+            w[0] = r.w;
+        else
+            load_channels<T, CB>(s_w + e * CB, w);
+#pragma unroll
+        for (int q = 0; q < R; ++q) {
+            if constexpr (kGradX) {
+                T t = w[0];
+                if constexpr (CB > 1) {
+                    t = T(0);
+#pragma unroll
+                    for (int a = 0; a < CB; ++a) t += grad[q][a] * w[a];
+                }
+                const typename Types<T>::point_terms v =
+                    gf_pair_vjp_point(&r, sp[q].x, sp[q].y, sp[q].z, 1);
+                const T tg = t * v.g;
+                gx[q][0] += tg * v.vx;
+                gx[q][1] += tg * v.vy;
+                gx[q][2] += tg * v.vz;
+            } else {
+                const T g = gf_pair_value(&r, sp[q].x, sp[q].y, sp[q].z, 1);
+#pragma unroll
+                for (int a = 0; a < CB; ++a) acc[q][a] += w[a] * g;
+            }
+        }
+    }
+}
+
 template <typename T, int CB, bool kGradX>
-__global__ void __launch_bounds__(kChunk)
+__global__ void __launch_bounds__(kChunkThreads)
     points_kernel(gf_params p, int64_t num_cells, const typename Types<T>::rec *records,
                   const StagedPoint<T> *points, const int64_t *order,
                   const int64_t *cell_start, const int64_t *chunk_start,
                   const int64_t *list_start, const int32_t *list) {
-    using rec_t = typename Types<T>::rec;
     __shared__ __align__(16) T s_rec[kBatch * kPairVals];
     __shared__ __align__(16) T s_w[CB > 1 ? kBatch * CB : 1];
 
@@ -383,21 +435,29 @@ __global__ void __launch_bounds__(kChunk)
         else hi = mid - 1;
     }
     const int64_t c = lo;
-    /* chunk k of m: whole warps of the cell's points, near-equal shares */
+    /* chunk k of m: whole groups of 32 of the cell's points, near-equal shares, at most
+     * kChunk / 32 groups; warp w holds group w in slot 0 and group w + kChunkWarps in
+     * slot 1 */
     const int64_t k = j - chunk_start[c], m = chunk_start[c + 1] - chunk_start[c];
     const int64_t s = cell_start[c], n = cell_start[c + 1] - s;
-    const int64_t warps = ceil_div(n, kWarp);
-    const int64_t p0 = s + kWarp * (warps * k / m);
-    const int64_t p1 = min(s + n, s + kWarp * (warps * (k + 1) / m));
-    const int64_t i = p0 + threadIdx.x;
-    const bool active = i < p1;
-    const bool warp_active = p0 + int64_t(threadIdx.x / kWarp) * kWarp < p1;
-
-    StagedPoint<T> sp = {T(0), T(0), T(0), T(0)};
-    int64_t b = 0;
-    if (active) {
-        sp = points[i];
-        b = order[i];
+    const int64_t groups = ceil_div(n, kWarp);
+    const int64_t p0 = s + kWarp * (groups * k / m);
+    const int64_t p1 = min(s + n, s + kWarp * (groups * (k + 1) / m));
+    const int warp = threadIdx.x / kWarp;
+    const bool warp_active = p0 + int64_t(warp) * kWarp < p1;
+    const bool warp_two = p0 + int64_t(warp + kChunkWarps) * kWarp < p1;
+    const int64_t idx[2] = {p0 + threadIdx.x, p0 + kChunkThreads + threadIdx.x};
+    bool active[2];
+    StagedPoint<T> sp[2];
+    int64_t b[2] = {0, 0};
+#pragma unroll
+    for (int q = 0; q < 2; ++q) {
+        active[q] = idx[q] < p1;
+        sp[q] = {T(0), T(0), T(0), T(0)};
+        if (active[q]) {
+            sp[q] = points[idx[q]];
+            b[q] = order[idx[q]];
+        }
     }
     const bool implicit = c == num_cells; /* the non-finite cell: every Gaussian */
     const int64_t list_begin = implicit ? 0 : list_start[c];
@@ -407,21 +467,26 @@ __global__ void __launch_bounds__(kChunk)
     const int64_t num_cb = channel_blocks(C, CB);
     const T *weights = static_cast<const T *>(p.weights);
     const T *grad_out = static_cast<const T *>(p.grad_out);
-    T gx[3] = {T(0), T(0), T(0)}; /* backward to x: sum over every channel block */
+    T gx[2][3] = {{T(0), T(0), T(0)}, {T(0), T(0), T(0)}}; /* backward to x: all blocks */
 
     for (int64_t cb = kGradX ? 0 : blockIdx.y; cb < num_cb; cb += kGradX ? 1 : gridDim.y) {
         const int64_t c0 = cb * CB;
-        T acc[CB]; /* forward: out[b, c0 .. c0 + CB) */
+        T acc[2][CB]; /* forward: out[b, c0 .. c0 + CB) per slot */
 #pragma unroll
-        for (int a = 0; a < CB; ++a) acc[a] = T(0);
-        T grad[CB]; /* backward to x with C > 1: G of the point, this block's channels */
-        if constexpr (kGradX && CB > 1)
-            load_channels_global<T, CB>(grad_out, p.grad_out_stride, active ? p.num_points : 0,
-                                        C, b, c0, grad);
+        for (int q = 0; q < 2; ++q)
+#pragma unroll
+            for (int a = 0; a < CB; ++a) acc[q][a] = T(0);
+        T grad[2][CB]; /* backward to x with C > 1: G of the slot's point, this block */
+        if constexpr (kGradX && CB > 1) {
+#pragma unroll
+            for (int q = 0; q < 2; ++q)
+                load_channels_global<T, CB>(grad_out, p.grad_out_stride,
+                                            active[q] ? p.num_points : 0, C, b[q], c0, grad[q]);
+        }
         for (int64_t base = 0; base < len; base += kBatch) {
             const int count = int(min(int64_t(kBatch), len - base));
             __syncthreads(); /* the last batch is read */
-            for (int e = threadIdx.x; e < count; e += kChunk) {
+            for (int e = threadIdx.x; e < count; e += kChunkThreads) {
                 const int64_t gi = implicit ? base + e : int64_t(list[list_begin + base + e]);
                 stage_pair_values<T>(records + gi, s_rec + e * kPairVals);
                 if constexpr (CB > 1) {
@@ -435,50 +500,32 @@ __global__ void __launch_bounds__(kChunk)
             }
             __syncthreads();
             if (!warp_active) continue;
-            constexpr int kUnroll = CB == 1 ? 2 : 1;
-#pragma unroll kUnroll
-            for (int e = 0; e < count; ++e) {
-                const rec_t r = load_pair_values<T>(s_rec + e * kPairVals);
-                T w[CB];
-                if constexpr (CB == 1)
-                    w[0] = r.w;
-                else
-                    load_channels<T, CB>(s_w + e * CB, w);
-                if constexpr (kGradX) {
-                    T t = w[0];
-                    if constexpr (CB > 1) {
-                        t = T(0);
-#pragma unroll
-                        for (int a = 0; a < CB; ++a) t += grad[a] * w[a];
-                    }
-                    const typename Types<T>::point_terms v =
-                        gf_pair_vjp_point(&r, sp.x, sp.y, sp.z, 1);
-                    const T tg = t * v.g;
-                    gx[0] += tg * v.vx;
-                    gx[1] += tg * v.vy;
-                    gx[2] += tg * v.vz;
-                } else {
-                    const T g = gf_pair_value(&r, sp.x, sp.y, sp.z, 1);
-#pragma unroll
-                    for (int a = 0; a < CB; ++a) acc[a] += w[a] * g;
-                }
-            }
+            if (warp_two)
+                points_batch<T, CB, kGradX, 2>(s_rec, s_w, count, sp, grad, acc, gx);
+            else
+                points_batch<T, CB, kGradX, 1>(s_rec, s_w, count, sp, grad, acc, gx);
         }
-        if (!kGradX && active) {
+        if (!kGradX) {
             T *out = static_cast<T *>(p.out);
 #pragma unroll
-            for (int a = 0; a < CB; ++a)
-                if (c0 + a < C) out[b * C + c0 + a] = acc[a];
+            for (int q = 0; q < 2; ++q)
+                if (active[q]) {
+#pragma unroll
+                    for (int a = 0; a < CB; ++a)
+                        if (c0 + a < C) out[b[q] * C + c0 + a] = acc[q][a];
+                }
         }
     }
     if constexpr (kGradX) {
-        if (active) {
-            T scale = T(-GF_TWO_LN2);
-            if constexpr (CB == 1) scale *= sp.g; /* t = G w: G applied once here */
-            T *grad_x = static_cast<T *>(p.grad_x);
+        T *grad_x = static_cast<T *>(p.grad_x);
 #pragma unroll
-            for (int a = 0; a < 3; ++a) grad_x[3 * b + a] = scale * gx[a];
-        }
+        for (int q = 0; q < 2; ++q)
+            if (active[q]) {
+                T scale = T(-GF_TWO_LN2);
+                if constexpr (CB == 1) scale *= sp[q].g; /* t = G w: G applied once here */
+#pragma unroll
+                for (int a = 0; a < 3; ++a) grad_x[3 * b[q] + a] = scale * gx[q][a];
+            }
     }
 }
 
@@ -504,6 +551,12 @@ __global__ void __launch_bounds__(kGaussWarps *kWarp, 3)
     __syncwarp();
     const gf_cull_box &box = s_box[warp];
     const bool box_empty = box.lo[0] > box.hi[0];
+    /* pairs the test drops add exact zeros when the record and weights are finite */
+    /* (a finite sum has finite terms; a sum that overflows only forgoes the skip) */
+    const bool skippable = !gf_cull_reaches_all(&p, n) &&
+                           isfinite(rec.mx + rec.my + rec.mz + rec.nkq) &&
+                           isfinite(rec.m00 + rec.m10 + rec.m11) &&
+                           isfinite(rec.m20 + rec.m21 + rec.m22);
     const T *grad_out = static_cast<const T *>(p.grad_out);
     const T *weights = static_cast<const T *>(p.weights);
     T *grad_weights = static_cast<T *>(p.grad_weights);
@@ -520,18 +573,27 @@ __global__ void __launch_bounds__(kGaussWarps *kWarp, 3)
         double accw[CB];
 #pragma unroll
         for (int a = 0; a < CB; ++a) accw[a] = 0.0;
-        auto run_range = [&](int64_t ws, int64_t we) {
+        /* the pairs of points [ws, we) of the sorted order; `skip`: a group of 32 pairs
+         * none of which the test keeps adds exactly 0 (finite points, grad_out, record
+         * and weights), so its terms are skipped, warp-uniformly */
+        auto run_range = [&](int64_t ws, int64_t we, bool skip) {
             T part[GF_NUM_SUMS];
 #pragma unroll
             for (int q = 0; q < GF_NUM_SUMS; ++q) part[q] = T(0);
             T pw[CB];
 #pragma unroll
             for (int a = 0; a < CB; ++a) pw[a] = T(0);
-            for (int64_t i = ws + lane; i < we; i += kWarp) {
-                const StagedPoint<T> sp = points[i];
+            for (int64_t i0 = ws; i0 < we; i0 += kWarp) {
+                const int64_t i = i0 + lane;
+                const bool valid = i < we;
+                const StagedPoint<T> sp = points[valid ? i : ws];
+                const auto pr = gf_pair_whiten(&rec, sp.x, sp.y, sp.z);
+                const bool keep = valid && gf_pair_keep(&rec, pr.e);
+                if (skip && !__any_sync(0xffffffffu, keep)) continue;
+                if (!valid) continue;
+                const T g = gf_pair_gauss(&rec, pr.e, 1);
                 if constexpr (CB == 1) {
-                    const typename Types<T>::terms c =
-                        gf_pair_vjp_gaussian(&rec, sp.x, sp.y, sp.z, sp.g, sp.g, 1);
+                    const typename Types<T>::terms c = gf_pair_terms_of(&pr, g, sp.g, sp.g);
                     if constexpr (kGeom) gf_pair_terms_add(part, &c);
                     pw[0] += c.gg;
                 } else {
@@ -541,8 +603,7 @@ __global__ void __launch_bounds__(kGaussWarps *kWarp, 3)
                     T t = T(0);
 #pragma unroll
                     for (int a = 0; a < CB; ++a) t += gr[a] * w[a];
-                    const typename Types<T>::terms c =
-                        gf_pair_vjp_gaussian(&rec, sp.x, sp.y, sp.z, T(1), t, 1);
+                    const typename Types<T>::terms c = gf_pair_terms_of(&pr, g, T(1), t);
                     if constexpr (kGeom) gf_pair_terms_add(part, &c);
                     if (want_w) {
 #pragma unroll
@@ -558,24 +619,16 @@ __global__ void __launch_bounds__(kGaussWarps *kWarp, 3)
         if (!box_empty) {
             for (int64_t iz = box.lo[2]; iz <= box.hi[2]; ++iz) {
                 for (int64_t iy = box.lo[1]; iy <= box.hi[1]; ++iy) {
+                    /* the row's reached cells: one interval (warp-uniform) */
+                    int64_t first, last;
+                    gf_cull_row(&g, &box, iy, iz, &first, &last);
+                    if (first > last) continue;
                     const int64_t row = g.dims[0] * (iy + g.dims[1] * iz);
-                    int64_t first = -1, last = -1;
-                    for (int64_t x0 = box.lo[0]; x0 <= box.hi[0]; x0 += kWarp) {
-                        const int64_t ix = x0 + lane;
-                        const bool reach =
-                            ix <= box.hi[0] && gf_cull_box_reaches(&g, &box, ix, iy, iz) != 0;
-                        const unsigned mask = __ballot_sync(0xffffffffu, reach);
-                        if (mask) {
-                            if (first < 0) first = x0 + __ffs(int(mask)) - 1;
-                            last = x0 + (kWarp - 1) - __clz(int(mask));
-                        }
-                    }
-                    if (first >= 0)
-                        run_range(cell_start[row + first], cell_start[row + last + 1]);
+                    run_range(cell_start[row + first], cell_start[row + last + 1], skippable);
                 }
             }
         }
-        run_range(cell_start[NC], cell_start[NC + 1]);
+        run_range(cell_start[NC], cell_start[NC + 1], false); /* non-finite points, G */
         if (want_w) {
 #pragma unroll
             for (int a = 0; a < CB; ++a) {
@@ -768,12 +821,12 @@ gf_status launch_points_cb(const gf_params &p, const gf_cull_plan &plan,
                            const int64_t *order, const int64_t *cell_start,
                            const int64_t *chunk_start, const int64_t *list_start,
                            const int32_t *list, cudaStream_t stream, int *cuda_error) {
-    /* at most ceil(B / 128) + num_cells + 1 chunks; the blocks past the last exit */
+    /* at most ceil(B / kChunk) + num_cells + 1 chunks; the blocks past the last exit */
     const int64_t blocks = ceil_div(p.num_points, kChunk) + plan.num_cells + 1;
     if (!grid_fits(blocks)) return GF_ERR_BAD_SIZE;
     const int64_t num_cb = kGradX ? 1 : channel_blocks(p.num_channels, CB);
     const dim3 grid(unsigned(blocks), unsigned(std::min<int64_t>(num_cb, 65535)));
-    points_kernel<T, CB, kGradX><<<grid, kChunk, 0, stream>>>(
+    points_kernel<T, CB, kGradX><<<grid, kChunkThreads, 0, stream>>>(
         p, plan.num_cells, records, points, order, cell_start, chunk_start, list_start, list);
     GF_LAUNCH_CHECK(cuda_error);
     return GF_OK;
