@@ -246,6 +246,7 @@ gf_status gf_cpu_culled_forward(const gf_params *p, const gf_cull_plan *plan,
                                 const void *workspace, int64_t begin, int64_t end) {
     gf_status st = check_stage(p, plan, workspace, begin, end, plan ? plan->num_cells + 1 : 0);
     if (st != GF_OK || begin == end) return st;
+    if (p->num_points == 0) return GF_OK; /* every cell is empty */
     if (!p->out || !p->x || (p->num_gaussians > 0 && !p->records)) return GF_ERR_NULL_POINTER;
     if (p->num_channels > 1 && p->num_gaussians > 0 && !p->weights) return GF_ERR_NULL_POINTER;
     const gf_cull_view v = view_of(p, plan, workspace);
@@ -257,6 +258,7 @@ gf_status gf_cpu_culled_backward_points(const gf_params *p, const gf_cull_plan *
                                         const void *workspace, int64_t begin, int64_t end) {
     gf_status st = check_stage(p, plan, workspace, begin, end, plan ? plan->num_cells + 1 : 0);
     if (st != GF_OK || begin == end || !p->grad_x) return st;
+    if (p->num_points == 0) return GF_OK; /* every cell is empty */
     if (!p->x || !p->grad_out || (p->num_gaussians > 0 && !p->records))
         return GF_ERR_NULL_POINTER;
     if (p->num_channels > 1 && p->num_gaussians > 0 && !p->weights) return GF_ERR_NULL_POINTER;

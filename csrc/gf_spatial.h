@@ -28,9 +28,11 @@
 #define GF_CULL_MAX_CELLS ((int64_t)1 << 22)
 
 /* Cells of side h along an extent e >= 0: floor(e / h) + 1, so that the cells cover
- * [lo, lo + e] with room to spare. */
+ * [lo, lo + e] with room to spare.  An extent that overflowed (points near +-DBL_MAX:
+ * e = h = inf, e / h NaN) is one cell. */
 GF_HD int64_t gf_grid_cells_along(double e, double h) {
     const double n = floor(e / h) + 1.0;
+    if (!(n >= 1.0)) return 1;
     return n > (double)GF_CULL_MAX_DIM ? (int64_t)GF_CULL_MAX_DIM + 1 : (int64_t)n;
 }
 
