@@ -47,7 +47,6 @@ import platform
 import re
 import resource
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -55,10 +54,8 @@ import torch
 import torch.nn.functional as F
 
 import gaussfield
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-from devices import device_name, slug  # noqa: E402
-from notebook_models import FastLearnableGaussianField, LearnableGaussianField  # noqa: E402
+from gaussfield._devices import device_name, slug
+from gaussfield.notebook import FastLearnableGaussianField, LearnableGaussianField
 
 PEERS = ["loop", "batched", "compiled", "gaussfield"]
 KINDS = ["fwd", "train"]

@@ -61,7 +61,6 @@ import json
 import math
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -69,14 +68,13 @@ import torch
 import torch.nn.functional as F
 
 import gaussfield
+from gaussfield._devices import device_name, slug
+from gaussfield.notebook import FastLearnableGaussianField
+
+from bench import Meter, _kib, cap_cpu_memory, fmt_mib, fmt_ms, is_oom
+from keops_peer import KeopsBlockSparseField, KeopsBlockSparsePlannedField, KeopsDenseField, block_sparse_stats, have_keops, sigma_max, whitening
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "examples"))
-from bench import Meter, _kib, cap_cpu_memory, fmt_mib, fmt_ms, is_oom  # noqa: E402
-from devices import device_name, slug  # noqa: E402
-from keops_peer import KeopsBlockSparseField, KeopsBlockSparsePlannedField, KeopsDenseField, block_sparse_stats, have_keops, sigma_max, whitening  # noqa: E402
-from notebook_models import FastLearnableGaussianField  # noqa: E402
 
 CUTOFF = 6.0
 VOLUME = 10.0

@@ -9,16 +9,14 @@ import argparse
 import datetime as _dt
 import json
 import statistics
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-import gaussfield  # noqa: E402
-from devices import device_name, slug  # noqa: E402
-from notebook_models import FastLearnableGaussianField  # noqa: E402
+import gaussfield
+from gaussfield._devices import device_name, slug
+from gaussfield.notebook import FastLearnableGaussianField
 
 
 class Patched(FastLearnableGaussianField):

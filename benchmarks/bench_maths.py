@@ -26,7 +26,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "examples"))
+# the tests' float64-capable transcription of the notebook (tests/notebook.py), also for
+# the "before" worker, whose older gaussfield may have no gaussfield.notebook
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 
@@ -118,7 +119,7 @@ def exact_speed(device):
     import torch
     import torch.nn.functional as F
     import gaussfield
-    from notebook_models import FastLearnableGaussianField
+    from notebook import FastLearnableGaussianField
 
     class Patched(FastLearnableGaussianField):
         forward = gaussfield.fused_forward
@@ -287,7 +288,7 @@ def main():
     if args.worker:
         return worker(args.worker)
     import torch
-    from devices import device_name, slug
+    from gaussfield._devices import device_name, slug
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     order = ["before", "after", "before", "after"] if args.before else ["after", "after"]
     runs = [run_worker(w, args.before) for w in order]

@@ -36,13 +36,9 @@ gaussfield.gaussian_field(..., cutoff=6), float64 and float32, both parameterisa
 
     python benchmarks/keops_peer.py [--device cuda]
 """
-import sys
-from pathlib import Path
-
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-from notebook_models import FastLearnableGaussianField  # noqa: E402
+from gaussfield.notebook import FastLearnableGaussianField
 
 _TRIL = ((0, 0), (1, 0), (1, 1), (2, 0), (2, 1), (2, 2))  # cov_tril's entries in L
 

@@ -19,18 +19,16 @@ import datetime as _dt
 import json
 import os
 import statistics
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 import gaussfield
+from gaussfield._devices import device_name, slug
+from gaussfield.notebook import FastLearnableGaussianField
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "examples"))
-from devices import device_name, slug  # noqa: E402
-from notebook_models import FastLearnableGaussianField  # noqa: E402
 
 CUTOFF, VOLUME = 6.0, 10.0
 CASES = {"big": (1_000_000, 100_000), "mid": (131_072, 30_000)}

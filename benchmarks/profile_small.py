@@ -7,15 +7,12 @@ bench.py: it explains a number, it does not produce one for the results table.
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 import gaussfield
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-from notebook_models import FastLearnableGaussianField  # noqa: E402
+from gaussfield.notebook import FastLearnableGaussianField
 
 device = torch.device(sys.argv[1] if len(sys.argv) > 1 else ("cuda" if torch.cuda.is_available() else "cpu"))
 B, N = 500, 1000

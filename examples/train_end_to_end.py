@@ -44,11 +44,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 import gaussfield
-from devices import device_name, slug
-from notebook_models import FastLearnableGaussianField, LearnableGaussianField
-from phantom import grid_points, target_from_args
+from gaussfield._devices import device_name, slug
+from gaussfield.notebook import FastLearnableGaussianField, LearnableGaussianField
+from phantom import grid_points, target_from_args  # examples/phantom.py, beside this script
 
 VOLUME = 10.0  # the notebook's volume_size
 
@@ -61,30 +62,29 @@ DEFAULTS = {
 
 
 class Progress:
-    """A one-line progress bar (a line every tenth of the run when not on a terminal)."""
+    """tqdm over the training steps, with steps/s and the loss: redrawn every 0.2 s on a
+    terminal, every tenth of the run in a log.  The loss is read back (a synchronisation
+    on a GPU) only for a redraw."""
 
-    def __init__(self, total, enabled=True):
-        self.total, self.enabled = total, enabled
+    def __init__(self, total, quiet):
         self.tty = sys.stderr.isatty()
-        self.t0 = time.perf_counter()
-        self.last = -1.0
+        self.every = max(1, total // 10)
+        cadence = dict(mininterval=0.2) if self.tty else dict(mininterval=0, miniters=self.every)
+        self.bar = tqdm(total=total, unit="step", disable=quiet, **cadence)
+        self.shown_at = -math.inf
 
-    def update(self, step, loss_fn):
-        if not self.enabled:
+    def update(self, loss):
+        """One step done; ``loss`` its 0-d loss tensor."""
+        if self.bar.disable:
             return
-        now = time.perf_counter()
-        done = step + 1
-        due = (now - self.last > 0.2) if self.tty else (done % max(1, self.total // 10) == 0)
-        if not (due or done == self.total):
-            return
-        self.last = now
-        rate = done / max(now - self.t0, 1e-9)
-        bar = "#" * (30 * done // self.total)
-        line = f"[{bar:<30s}] {done}/{self.total}  loss {loss_fn():.6f}  {rate:.1f} steps/s"
-        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n",
-              file=sys.stderr, flush=True)
-        if self.tty and done == self.total:
-            print(file=sys.stderr)
+        done, now = self.bar.n + 1, time.perf_counter()
+        if (now - self.shown_at >= 0.2 if self.tty else done % self.every == 0) or done == self.bar.total:
+            self.bar.set_postfix(loss=f"{loss.item():.6f}", refresh=False)
+            self.shown_at = now
+        self.bar.update()
+
+    def close(self):
+        self.bar.close()
 
 
 def train(model, target, args, device, sync):
@@ -98,7 +98,7 @@ def train(model, target, args, device, sync):
     on_device = args.points == "device"
     points = (torch.Generator(device) if on_device else torch.Generator()).manual_seed(args.seed + 1)
     losses = torch.empty(args.steps, dtype=torch.float64, device=device)
-    progress = Progress(args.steps, enabled=not args.quiet)
+    progress = Progress(args.steps, args.quiet)
 
     def step(x, t):
         loss = F.mse_loss(model(x), t)
@@ -142,10 +142,11 @@ def train(model, target, args, device, sync):
             static_t.copy_(t)
             graph.replay()
             losses[step_index] = static_loss
-        progress.update(step_index, lambda: losses[step_index].item())
+        progress.update(losses[step_index])
     sync()
     per_step = ((time.perf_counter() - start) / (args.steps - timed_from)
                 if args.steps > 1 else float("nan"))
+    progress.close()
     return losses.tolist(), per_step
 
 

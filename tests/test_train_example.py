@@ -9,7 +9,7 @@ import pytest
 import torch
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-sys.path.insert(0, str(EXAMPLES))
+sys.path.insert(0, str(EXAMPLES))  # the example's own phantom, tested here
 from phantom import VolumeTarget, grid_points, shepp_logan  # noqa: E402
 
 SMALL = ["--device", "cpu", "--gaussians", "32", "--batch", "128", "--grid", "8", "--quiet"]
@@ -103,8 +103,7 @@ def test_cutoff_and_save(tmp_path):
     assert str(saved) in stdout
 
     # the state_dict of the trained model: the notebook's class loads it
-    sys.path.insert(0, str(EXAMPLES))
-    from notebook_models import FastLearnableGaussianField
+    from gaussfield.notebook import FastLearnableGaussianField
     state = torch.load(saved)
     assert set(state) == {"means", "cov_tril", "weights"} and state["means"].shape == (32, 3)
     torch.manual_seed(0)

@@ -7,7 +7,13 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import autograd as _autograd  # noqa: F401  (registers fakes, Autograd kernels, vmap rules)
+#: eps added to the diagonal of a full covariance (``Sigma = L L^T + eps * I``) when the
+#: caller gives none: the 1e-6 that the notebook's ``get_covariance`` adds.  The op
+#: schema's default is ``GF_DEFAULT_EPS`` (csrc/gaussfield.h), the same number.  Bound
+#: before ``autograd`` is imported, so that the registrations can import it from here.
+DEFAULT_EPS = 1e-6
+
+from . import autograd as _autograd  # noqa: E402, F401  (registers fakes, Autograd kernels, vmap rules)
 
 
 def gaussian_field(
@@ -16,7 +22,7 @@ def gaussian_field(
     cov: Tensor,
     weights: Tensor,
     *,
-    eps: float = 1e-6,
+    eps: float = DEFAULT_EPS,
     cutoff: Optional[float] = None,
 ) -> Tensor:
     r"""Evaluate a field of N anisotropic 3D Gaussians at the points ``x``.
@@ -96,7 +102,7 @@ _POINTS_PER_CELL = {"cpu": 64.0, "cuda": 128.0}
 
 
 def culling_stats(x: Tensor, means: Tensor, cov: Tensor, weights: Tensor, *, cutoff: float,
-                  eps: float = 1e-6, device_type: Optional[str] = None) -> dict:
+                  eps: float = DEFAULT_EPS, device_type: Optional[str] = None) -> dict:
     """How the culled path would divide this problem: the plan that the op builds on
     ``device_type`` (default: that of ``x``), computed on the CPU.
 

@@ -1,5 +1,6 @@
-"""Names of the machine a run measured, for result files (shared by the benchmark and
-the training example)."""
+"""Names of the machine a run measured, for the result files of the benchmarks and the
+training example (which import it from here, the one place both reach without a path
+of their own); not part of gaussfield's API."""
 import platform
 
 import torch
