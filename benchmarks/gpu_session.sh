@@ -21,18 +21,20 @@
 # maths     benchmarks/bench_maths.py: accuracy, exact op before/after (the previous
 #           build from .bench_old/, carried), channels, cutoff ($OUT/results/)
 # diag      the CUDA machine's toolchain, and bad-input errors one case at a time
-# cull      the culling issue's numbers: KeOps installed from the wheels in .whl/ (carried;
-#           `pip wheel --no-deps -w .whl pykeops==2.3 keopscore==2.3` where pip works),
-#           KeOps checked against the op (benchmarks/keops_peer.py), the training example
-#           before (the old GPU defaults: 30,000 Gaussians, 131,072 host-drawn points, no
-#           cutoff) and after (its GPU defaults, cutoff 6, saving the field: $OUT/train-cull/),
-#           the new size without cutoff for its time per step, then benchmarks/bench_cull.py
-#           with the trained field ($OUT/results/cull-*)
-# culltest  pytest's CUDA cases of the culling, cutoff and CUDA-graph suites (quick)
-# cullsan   compute-sanitizer (three tools) over the culled cases of tests/cuda_sanitize.py
+# culltrain the training example before (the old GPU defaults: 30,000 Gaussians, 131,072
+#           host-drawn points, no cutoff) and after (its GPU defaults, cutoff 6, saving the
+#           field: $OUT/train-cull/), and the new size without cutoff for its time per step
+# keopscheck KeOps (from the wheels in .whl/, carried; `pip wheel --no-deps -w .whl
+#           pykeops==2.3 keopscore==2.3` where pip works) checked against the op
+#           (benchmarks/keops_peer.py)
+# autodiff  benchmarks/bench_autodiff.py: first-order and eikonal (second-order) steps
+# graphstep benchmarks/bench_graph_step.py: the small training step eager and in a CUDA graph
+# culltest  pytest's CUDA cases of the suites that culling and second order touch
+# cullsan   compute-sanitizer (three tools) over the culled and double-backward cases of
+#           tests/cuda_sanitize.py
 # cullprof  benchmarks/profile_cull.py: kernel times of the culled path, cell-size sweep
-# cullbench benchmarks/bench_cull.py alone, cases $CULL_CASES (default big,mid,giant,small),
-#           KeOps from .whl/ as in `cull`
+# cullbench benchmarks/bench_cull.py, cases $CULL_CASES (default big,mid,giant,small; add
+#           trained after culltrain), KeOps from .whl/ as in keopscheck
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gaussfield-out}
@@ -234,21 +236,27 @@ PY
     ;;
   culltest)
     stage culltest
-    run python3 -m pytest -q -x -p no:cacheprovider tests/test_culling.py tests/test_cutoff.py \
-      tests/test_cuda_graphs.py -k cuda > "$OUT/pytest-cull.txt" || tail -60 "$OUT/pytest-cull.txt"
+    run python3 -m pytest -q -p no:cacheprovider tests/test_culling.py tests/test_cutoff.py \
+      tests/test_cuda_graphs.py tests/test_autodiff.py tests/test_vmap.py tests/test_channels.py \
+      tests/test_low_precision.py tests/test_cuda.py tests/test_compile.py tests/test_gradcheck.py \
+      tests/test_inputs.py -k cuda > "$OUT/pytest-cull.txt" || tail -60 "$OUT/pytest-cull.txt"
     grep -E "passed|failed|Error|error" "$OUT/pytest-cull.txt" | tail -30
     ;;
   cullbench)
     stage cullbench
     keops_wheels
+    trained=()
+    [ -f "$OUT/train-cull/trained-field.pt" ] && trained=(--trained "$OUT/train-cull/trained-field.pt")
     run python3 benchmarks/bench_cull.py --out "$OUT/results" --cases "${CULL_CASES:-big,mid,giant,small}" \
-      > "$OUT/cullbench.txt"
+      "${trained[@]}" > "$OUT/cullbench.txt"
     grep -vE "^\[(KeOps|pyKeOps)\]" "$OUT/cullbench.txt" | head -80
     ;;
-  cull)
-    stage cull
-    keops_wheels
-    run python3 benchmarks/keops_peer.py
+  culltrain)
+    stage culltrain
+    # the training example before (the old GPU defaults: 30,000 Gaussians, 131,072
+    # host-drawn points, no cutoff) and after (its GPU defaults, cutoff 6, saving the
+    # field for cullbench's trained case), and the new size without cutoff (200 steps,
+    # for its time per step)
     mkdir -p "$OUT/train-cull"
     run python3 examples/train_end_to_end.py --gaussians 30000 --batch 131072 --cutoff none --points host \
       --quiet --out "$OUT/train-cull/before"
@@ -257,7 +265,19 @@ PY
     run python3 examples/train_end_to_end.py --cutoff none --steps 200 --grid 32 --quiet \
       --out "$OUT/train-cull/dense-new-size"
     grep -h -E '"(psnr_db|ms_per_step)"' "$OUT"/train-cull/*/*.json
-    run python3 benchmarks/bench_cull.py --out "$OUT/results" --trained "$OUT/train-cull/trained-field.pt"
+    ;;
+  keopscheck)
+    stage keopscheck
+    keops_wheels
+    run python3 benchmarks/keops_peer.py
+    ;;
+  autodiff)
+    stage autodiff
+    run python3 benchmarks/bench_autodiff.py --out "$OUT/results"
+    ;;
+  graphstep)
+    stage graphstep
+    run python3 benchmarks/bench_graph_step.py --out "$OUT/results"
     ;;
   sweep)
     stage sweep

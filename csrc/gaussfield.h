@@ -33,6 +33,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The eps of GF_COV_FULL (gf_params.eps) for a caller with no reason to choose another:
+ * the 1e-6 that the user's notebook adds to the diagonal of Sigma.  The torch ops'
+ * schema and the C++ API (torch_ext/) take it as their default; the schema spells it as
+ * written here, so it stays a plain decimal literal. */
+#define GF_DEFAULT_EPS 1e-6
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -60,18 +66,29 @@ typedef enum gf_dtype {
 } gf_dtype;
 
 /*
- * Covariance parameterisation.  The enumerator's value is the number of parameters per
- * Gaussian, i.e. the last dimension of the cov array.
+ * Covariance parameterisation.  gf_cov_num_params() gives the number of parameters per
+ * Gaussian, i.e. the last dimension of the cov array (the enumerator's value for DIAG
+ * and FULL).
  *
  * GF_COV_FULL, cov [N, 6] ("cov_tril"):
  *     L = [[e^c0, 0, 0], [c1, e^c2, 0], [c3, c4, e^c5]],  Sigma = L L^T + eps * I
  * GF_COV_DIAG, cov [N, 3] ("log_scales"):
  *     Sigma = diag(e^{2 s0}, e^{2 s1}, e^{2 s2})            (eps is not used)
+ * GF_COV_WHITENED, cov [N, 9] (the whitening factor itself, a caller's own
+ * parameterisation): M = [[c0, 0, 0], [c3, c4, 0], [c6, c7, c8]], the row-major 3x3
+ *     matrix of which the lower triangle is read, Sigma^{-1} = M^T M (eps is not used; M
+ *     must be invertible).  grad_cov is the gradient with respect to all 9 entries (0
+ *     above the diagonal).  The double backward stages take this mode only.
  */
 typedef enum gf_cov_mode {
     GF_COV_DIAG = 3,
-    GF_COV_FULL = 6
+    GF_COV_FULL = 6,
+    GF_COV_WHITENED = 0x106
 } gf_cov_mode;
+
+/* Parameters per Gaussian of a cov_mode (the last dimension of cov): 3, 6 or 9; 0 for
+ * an unknown mode. */
+int64_t gf_cov_num_params(gf_cov_mode mode);
 
 /*
  * One problem: the inputs, the requested outputs and the per-Gaussian workspace.
@@ -106,9 +123,18 @@ typedef struct gf_params {
 
     void *out;            /* [B, C]  forward output */
     void *grad_x;         /* [B, 3]  backward outputs, each NULL when not wanted */
-    void *grad_means;     /* [N, 3] */
-    void *grad_cov;       /* [N, cov_mode] */
+    void *grad_means;     /* [N, 3]  (the double backward writes its gradients here too) */
+    void *grad_cov;       /* [N, gf_cov_num_params(cov_mode)] */
     void *grad_weights;   /* [N, C] */
+
+    /* The double backward only (see "Second order" below): a direction of the backward's
+     * outputs (or, equally, of the forward's inputs), each NULL for zero, and the
+     * gradient with respect to grad_out (NULL when not wanted). */
+    const void *dir_x;       int64_t dir_x_stride[2];       /* [B, 3] */
+    const void *dir_means;   int64_t dir_means_stride[2];   /* [N, 3] */
+    const void *dir_cov;     int64_t dir_cov_stride[2];     /* [N, 9], GF_COV_WHITENED */
+    const void *dir_weights; int64_t dir_weights_stride[2]; /* [N, C] */
+    void *grad_grad_out;     /* [B, C] */
 } gf_params;
 
 /* Size in bytes of the records array for N Gaussians of the given dtype
@@ -218,6 +244,41 @@ gf_status gf_cpu_culled_backward_points(const gf_params *params, const gf_cull_p
 gf_status gf_cpu_culled_backward_gaussians(const gf_params *params, const gf_cull_plan *plan,
                                            const void *workspace, int64_t begin, int64_t end);
 
+/* ---------------------------------------------------------------------------------
+ * Second order.  The backward is the vector-Jacobian product (gx, gmu, gM, gw) =
+ * J^T G of f at (x, mu, M, w), G = grad_out.  Its own VJP with respect to a cotangent
+ * (dir_x, dir_means, dir_cov, dir_weights) = (a_x, a_mu, A, a_w) of those four outputs
+ * is the gradient of
+ *
+ *     Phi = sum_b a_x,b . gx_b + sum_n (a_mu,n . gmu_n + <A_n, gM_n> + a_w,n . gw_n)
+ *         = sum_b,c G_bc jvp_bc,  jvp = J (a_x, a_mu, A, a_w),
+ *
+ * with respect to (G, x, mu, M, w).  Per pair, with d = x - mu, u = M d, g = exp(-|u|^2/2)
+ * [kept], v = M (a_x - a_mu) + A d and h = -u . v, Phi's term is t g h + s g, t = G . w_n,
+ * s = G . a_w,n; its gradients are written to
+ *     grad_grad_out [B, C]  sum_n w_n g h + a_w,n g       (= the JVP of f: forward mode)
+ *     grad_x        [B, 3]  sum_n M^T rho + A^T sigma
+ *     grad_means    [N, 3]  -sum_b M^T rho + A^T sigma
+ *     grad_cov      [N, 9]  sum_b tril(rho d^T + sigma (a_x - a_mu)^T)
+ *     grad_weights  [N, C]  sum_b G_b g h
+ * where rho = -g ((t h + s) u + t v) and sigma = -t g u.  Only GF_COV_WHITENED (cov and
+ * dir_cov are whitening factors; the caller applies its parameterisation's derivatives,
+ * first and second order, around it).  Pairs are decided by gf_pair_keep as everywhere
+ * (the cutoff's indicator has zero derivative).  The stages evaluate every pair (no
+ * culling), and like the backward: gf_cpu_precompute, then the points' stage for
+ * grad_grad_out and grad_x and the Gaussians' stage for the other three, each
+ * splittable into ranges with results independent of the split.
+ * --------------------------------------------------------------------------------- */
+
+/* Reads x, grad_out (for grad_x), records, weights, the dir_* (NULL: zero); writes rows
+ * [begin, end) of grad_grad_out and grad_x (each NULL when not wanted). */
+gf_status gf_cpu_double_backward_points(const gf_params *params, int64_t begin, int64_t end);
+
+/* Reads x, grad_out, records, cov, weights, the dir_*; writes rows [begin, end) of
+ * grad_means, grad_cov and grad_weights (each NULL when not wanted). */
+gf_status gf_cpu_double_backward_gaussians(const gf_params *params, int64_t begin,
+                                           int64_t end);
+
 /* Name of the CPU instruction set the kernels use on this machine ("avx512", "avx2",
  * "generic"); chosen once, at the first call, from what the processor supports. */
 const char *gf_cpu_isa(void);
@@ -276,6 +337,14 @@ gf_status gf_cuda_culled_backward(const gf_params *params, const gf_cull_plan *p
                                   const void *plan_workspace, size_t plan_workspace_bytes,
                                   void *workspace, size_t workspace_bytes, void *stream,
                                   int *cuda_error);
+
+/* Workspace bytes of gf_cuda_double_backward for this problem. */
+gf_status gf_cuda_double_backward_workspace_bytes(const gf_params *params, size_t *bytes);
+
+/* The double backward on the GPU (see "Second order"): reads what the two CPU stages
+ * read, writes the non-NULL of grad_grad_out, grad_x, grad_means, grad_cov, grad_weights. */
+gf_status gf_cuda_double_backward(const gf_params *params, void *workspace,
+                                  size_t workspace_bytes, void *stream, int *cuda_error);
 
 /* Text of a cudaError_t value received through cuda_error; never NULL. */
 const char *gf_cuda_error_string(int cuda_error);

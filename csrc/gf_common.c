@@ -9,13 +9,17 @@
 #include "gf_common.h"
 #include "gf_math.h"
 
+int64_t gf_cov_num_params(gf_cov_mode mode) { return gf_cov_params(mode); }
+
 const char *gf_status_string(gf_status status) {
     switch (status) {
     case GF_OK: return "success";
     case GF_ERR_NULL_POINTER: return "a required pointer is NULL";
     case GF_ERR_BAD_SIZE: return "a size or stride is negative, or a range is outside [0, size]";
     case GF_ERR_BAD_DTYPE: return "unknown dtype (expected GF_FLOAT32 or GF_FLOAT64)";
-    case GF_ERR_BAD_COV_MODE: return "unknown cov_mode (expected GF_COV_FULL or GF_COV_DIAG)";
+    case GF_ERR_BAD_COV_MODE:
+        return "unknown cov_mode (expected GF_COV_FULL, GF_COV_DIAG or GF_COV_WHITENED), or one "
+               "the stage does not take";
     case GF_ERR_BAD_EPS: return "eps must be finite and >= 0";
     case GF_ERR_SMALL_WORKSPACE: return "workspace smaller than the reported size";
     case GF_ERR_CUDA: return "CUDA runtime error";
@@ -36,7 +40,7 @@ size_t gf_records_bytes(gf_dtype dtype, int64_t num_gaussians) {
 gf_status gf_check_params(const gf_params *p) {
     if (!p) return GF_ERR_NULL_POINTER;
     if (p->dtype != GF_FLOAT32 && p->dtype != GF_FLOAT64) return GF_ERR_BAD_DTYPE;
-    if (p->cov_mode != GF_COV_FULL && p->cov_mode != GF_COV_DIAG) return GF_ERR_BAD_COV_MODE;
+    if (gf_cov_num_params(p->cov_mode) == 0) return GF_ERR_BAD_COV_MODE;
     if (!(isfinite(p->eps) && p->eps >= 0.0)) return GF_ERR_BAD_EPS;
     if (!(p->cutoff >= 0.0)) return GF_ERR_BAD_CUTOFF;
     if (p->num_points < 0 || p->num_gaussians < 0 || p->num_channels < 1)

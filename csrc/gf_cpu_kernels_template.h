@@ -360,7 +360,7 @@ static void GF_KERNEL(backward_gaussians_with)(const gf_params *p, int64_t begin
     GF_T *grad_means = (GF_T *)p->grad_means;
     GF_T *grad_cov = (GF_T *)p->grad_cov;
     GF_T *grad_weights = (GF_T *)p->grad_weights;
-    const int ncov = (int)p->cov_mode;
+    const int ncov = gf_cov_params(p->cov_mode);
     const int64_t nc = p->num_channels;
     const int geometry = grad_means || grad_cov;
     enum { CBLOCK = GF_CPU_CHANNEL_BLOCK };

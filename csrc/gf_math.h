@@ -59,6 +59,16 @@ enum { GF_L00 = 0, GF_L10 = 1, GF_L11 = 2, GF_L20 = 3, GF_L21 = 4, GF_L22 = 5 };
  *     [0..2] sum t g u',   [3..8] sum t g u' u'^T (GF_XX..GF_YZ order).
  * The weights' gradient, sum G_c g per channel, is summed beside them. */
 #define GF_NUM_SUMS 9
+/* The double backward's per-Gaussian sums (gf_pair_second_sums_add). */
+#define GF_NUM_SUMS2 18
+
+/* Parameters per Gaussian of a cov_mode, host and device (gf_cov_num_params). */
+GF_HD int gf_cov_params(gf_cov_mode mode) {
+    return mode == GF_COV_DIAG ? 3 : mode == GF_COV_FULL ? 6 : mode == GF_COV_WHITENED ? 9 : 0;
+}
+
+/* Where a whitening factor's lower entries (GF_L00.. order) lie among its 9 (row-major). */
+#define GF_WHITENED_AT(e) ((e) == 0 ? 0 : (e) == 1 ? 3 : (e) == 2 ? 4 : (e) == 3 ? 6 : (e) == 4 ? 7 : 8)
 
 /* ---- front-ends: covariance parameters -> Sigma ----------------------------------- */
 
@@ -72,9 +82,31 @@ GF_HD void gf_cholesky_factor(const double c[6], double l[6]) {
     l[GF_L22] = exp(c[5]);
 }
 
+/* K = M^{-1} for a lower-triangular M (6 entries each, GF_L00.. order). */
+GF_HD void gf_lower_inverse(const double m[6], double k[6]) {
+    k[GF_L00] = 1.0 / m[GF_L00];
+    k[GF_L11] = 1.0 / m[GF_L11];
+    k[GF_L22] = 1.0 / m[GF_L22];
+    k[GF_L10] = -m[GF_L10] * k[GF_L00] * k[GF_L11];
+    k[GF_L21] = -m[GF_L21] * k[GF_L11] * k[GF_L22];
+    k[GF_L20] = -(m[GF_L20] * k[GF_L00] + m[GF_L21] * k[GF_L10]) * k[GF_L22];
+}
+
 /* Sigma (6 unique entries) of one Gaussian from its cov_mode parameters c.
- *   full: Sigma = L L^T + eps I;   diag: Sigma = diag(e^{2 s}) (no eps). */
+ *   full: Sigma = L L^T + eps I;   diag: Sigma = diag(e^{2 s}) (no eps);
+ *   whitened: Sigma = K K^T, K = M^{-1} (no eps). */
 GF_HD void gf_covariance(gf_cov_mode mode, const double c[6], double eps, double s[6]) {
+    if (mode == GF_COV_WHITENED) {
+        double k[6];
+        gf_lower_inverse(c, k);
+        s[GF_XX] = k[0] * k[0];
+        s[GF_XY] = k[0] * k[1];
+        s[GF_XZ] = k[0] * k[3];
+        s[GF_YY] = k[1] * k[1] + k[2] * k[2];
+        s[GF_YZ] = k[1] * k[3] + k[2] * k[4];
+        s[GF_ZZ] = k[3] * k[3] + k[4] * k[4] + k[5] * k[5];
+        return;
+    }
     if (mode == GF_COV_DIAG) {
         s[GF_XX] = exp(2.0 * c[0]);
         s[GF_YY] = exp(2.0 * c[1]);
@@ -98,6 +130,10 @@ GF_HD void gf_covariance(gf_cov_mode mode, const double c[6], double eps, double
  * that is not positive definite in double gives NaN entries (never the case for
  * finite parameters: Sigma = L L^T + eps I with L's diagonal > 0). */
 GF_HD void gf_whitening(gf_cov_mode mode, const double c[6], double eps, double m[6]) {
+    if (mode == GF_COV_WHITENED) {
+        for (int k = 0; k < 6; ++k) m[k] = c[k];
+        return;
+    }
     if (mode == GF_COV_DIAG) {
         m[GF_L00] = exp(-c[0]);
         m[GF_L11] = exp(-c[1]);
@@ -118,12 +154,7 @@ GF_HD void gf_whitening(gf_cov_mode mode, const double c[6], double eps, double 
         k[GF_L21] = (s[GF_YZ] - k[GF_L20] * k[GF_L10]) / k[GF_L11];
         k[GF_L22] = sqrt(s[GF_ZZ] - k[GF_L20] * k[GF_L20] - k[GF_L21] * k[GF_L21]);
     }
-    m[GF_L00] = 1.0 / k[GF_L00];
-    m[GF_L11] = 1.0 / k[GF_L11];
-    m[GF_L22] = 1.0 / k[GF_L22];
-    m[GF_L10] = -k[GF_L10] * m[GF_L00] * m[GF_L11];
-    m[GF_L21] = -k[GF_L21] * m[GF_L11] * m[GF_L22];
-    m[GF_L20] = -(k[GF_L20] * m[GF_L00] + k[GF_L21] * m[GF_L10]) * m[GF_L22];
+    gf_lower_inverse(k, m);
 }
 
 /* ---- front-ends: grad_Sigma -> gradient of the parameters ------------------------- */
@@ -188,6 +219,27 @@ GF_HD void gf_gaussian_vjp(gf_cov_mode mode, const double c[6], double eps,
     }
     if (!grad_c) return;
     const double *s = sums + 3;
+    if (mode == GF_COV_WHITENED) {
+        /* d/dM of -|M d|^2 / 2 is -u d^T = -u u^T K^T (d = K u, K = M^{-1}): grad_M is
+         * the lower triangle of -S_uu K^T, S_uu = S_u'u' / a^2 */
+        double k[6];
+        gf_lower_inverse(m, k);
+        const double su[3][3] = {{s[GF_XX], s[GF_XY], s[GF_XZ]},
+                                 {s[GF_XY], s[GF_YY], s[GF_YZ]},
+                                 {s[GF_XZ], s[GF_YZ], s[GF_ZZ]}};
+        const double kk[3][3] = {{k[GF_L00], 0.0, 0.0},
+                                 {k[GF_L10], k[GF_L11], 0.0},
+                                 {k[GF_L20], k[GF_L21], k[GF_L22]}};
+        /* entry (i, j), i >= j, in GF_L00.. order */
+        int e = 0;
+        for (int i = 0; i < 3; ++i)
+            for (int j = 0; j <= i; ++j, ++e) {
+                double acc = 0.0;
+                for (int q = 0; q < 3; ++q) acc += su[i][q] * kk[j][q];
+                grad_c[e] = -acc / GF_HALF_LOG2E;
+            }
+        return;
+    }
     /* W = S M (S symmetric), then grad_Sigma = M^T W / (2 a^2) */
     const double sm[3][3] = {{s[GF_XX], s[GF_XY], s[GF_XZ]},
                              {s[GF_XY], s[GF_YY], s[GF_YZ]},

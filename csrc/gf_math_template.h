@@ -156,6 +156,17 @@ GF_HD GF_T GF_TYPE(gf_narrow)(double v) {
     return (GF_T)v;
 }
 
+/* The front-end's 6 parameters of one Gaussian: its cov_mode values `stride` apart (a
+ * whitening factor's lower entries out of its 9). */
+GF_HD void GF_FN(gf_cov_load)(gf_cov_mode mode, const GF_T *cov, int64_t stride, double c[6]) {
+    for (int k = 0; k < 6; ++k) c[k] = 0.0;
+    if (mode == GF_COV_WHITENED) {
+        for (int e = 0; e < 6; ++e) c[e] = (double)cov[GF_WHITENED_AT(e) * stride];
+        return;
+    }
+    for (int k = 0; k < gf_cov_params(mode); ++k) c[k] = (double)cov[k * stride];
+}
+
 /* Fill record r for one Gaussian.  mean: 3 values `mean_stride` apart; cov: cov_mode
  * values `cov_stride` apart; weight: channel 0.  Runs once per Gaussian per call; M is
  * computed in double and rounded once, to the record's type. */
@@ -163,8 +174,8 @@ GF_HD void GF_FN(gf_record_init)(GF_TYPE(gf_record) *r,
                                  const GF_T *mean, int64_t mean_stride, /* [3] */
                                  const GF_T *cov, int64_t cov_stride,   /* [cov_mode] */
                                  GF_T weight, gf_cov_mode mode, double eps, double cutoff) {
-    double c[6] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
-    for (int k = 0; k < (int)mode; ++k) c[k] = (double)cov[k * cov_stride];
+    double c[6];
+    GF_FN(gf_cov_load)(mode, cov, cov_stride, c);
     double m[6];
     gf_whitening(mode, c, eps, m);
     const double a = GF_SQRT_HALF_LOG2E;
@@ -306,6 +317,17 @@ GF_HD void GF_FN(gf_pair_terms_add)(GF_T *s, const GF_TYPE(gf_pair_terms) *c) {
     s[3 + GF_YZ] += c->tyz;
 }
 
+/* A gradient of the front-end's 6 parameters written as the cov_mode's row (a whitening
+ * factor's: 9 entries, 0 above the diagonal). */
+GF_HD void GF_FN(gf_cov_store)(gf_cov_mode mode, const double g[6], GF_T *row) {
+    if (mode == GF_COV_WHITENED) {
+        for (int k = 0; k < 9; ++k) row[k] = (GF_T)0;
+        for (int e = 0; e < 6; ++e) row[GF_WHITENED_AT(e)] = (GF_T)g[e];
+        return;
+    }
+    for (int k = 0; k < gf_cov_params(mode); ++k) row[k] = (GF_T)g[k];
+}
+
 /* Chain rule of one Gaussian from its summed pair terms (double, any order of
  * summation), multiplied by `scale` (the weight where the pairs' t was G alone, else 1),
  * to the gradients of its mean and covariance parameters, written as GF_T.  Reads the
@@ -316,14 +338,162 @@ GF_HD void GF_FN(gf_gaussian_vjp_store)(const double sums[GF_NUM_SUMS], double s
                                         GF_T *grad_mean,    /* [3] or NULL */
                                         GF_T *grad_cov)     /* [cov_mode] or NULL */ {
     if (!grad_mean && !grad_cov) return;
-    double c[6] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
-    for (int k = 0; k < (int)mode; ++k) c[k] = (double)cov[k * cov_stride];
+    double c[6];
+    GF_FN(gf_cov_load)(mode, cov, cov_stride, c);
     double sc[GF_NUM_SUMS];
     for (int k = 0; k < GF_NUM_SUMS; ++k) sc[k] = scale * sums[k];
     double gm[3], gc[6];
     gf_gaussian_vjp(mode, c, eps, sc, grad_mean ? gm : 0, grad_cov ? gc : 0);
     if (grad_mean)
         for (int k = 0; k < 3; ++k) grad_mean[k] = (GF_T)gm[k];
-    if (grad_cov)
-        for (int k = 0; k < (int)mode; ++k) grad_cov[k] = (GF_T)gc[k];
+    if (grad_cov) GF_FN(gf_cov_store)(mode, gc, grad_cov);
 }
+
+/* ---- second order: the double backward and forward mode ---------------------------
+ * See gaussfield.h, "Second order".  Folded units as above: u' = M' d = a u, and the
+ * direction of M folded alike, A' = a A, so v' = M' (a_x - a_mu) + A' d = a v and
+ * h = -u . v = -2 ln2 (u' . v').  With rho' = -g ((t h + s) u' + t v') = a rho and
+ * sigma' = -t g u' = a sigma, the point's gradient is 2 ln2 (M'^T rho' + A'^T sigma'). */
+
+/* One Gaussian's share of the direction: A' = a A (lower triangular, GF_L00.. order) and
+ * the mean's direction.  48 bytes (float), 96 (double). */
+typedef struct GF_TYPE(gf_dir_record) {
+    GF_T a00, a10, a11, a20, a21, a22;
+    GF_T dmx, dmy, dmz, pad0, pad1, pad2;
+} GF_TYPE(gf_dir_record);
+
+/* dmean: 3 values dmean_stride apart, or NULL (zero); dcov: a whitening factor's
+ * direction, 9 values (row-major 3x3, lower triangle read), or NULL. */
+GF_HD void GF_FN(gf_dir_record_init)(GF_TYPE(gf_dir_record) *r,
+                                     const GF_T *dmean, int64_t dmean_stride, /* [3] */
+                                     const GF_T *dcov, int64_t dcov_stride) { /* [6] */
+    GF_T a[6];
+    for (int k = 0; k < 6; ++k)
+        a[k] = dcov ? GF_TYPE(gf_narrow)(GF_SQRT_HALF_LOG2E *
+                                         (double)dcov[GF_WHITENED_AT(k) * dcov_stride])
+                    : (GF_T)0;
+    r->a00 = a[GF_L00];
+    r->a10 = a[GF_L10];
+    r->a11 = a[GF_L11];
+    r->a20 = a[GF_L20];
+    r->a21 = a[GF_L21];
+    r->a22 = a[GF_L22];
+    r->dmx = dmean ? dmean[0] : (GF_T)0;
+    r->dmy = dmean ? dmean[dmean_stride] : (GF_T)0;
+    r->dmz = dmean ? dmean[2 * dmean_stride] : (GF_T)0;
+    r->pad0 = r->pad1 = r->pad2 = (GF_T)0;
+}
+
+/* A pair along a direction:
+ * forward inputs:  r, x y z, kCutoff
+ * direction:       a (the Gaussian's share), ax ay az (the point's, a_x)
+ * returns:         g (masked), h = -u . v, and d, u', v' for the gradients below. */
+typedef struct GF_TYPE(gf_pair_dir) {
+    GF_T g, h;
+    GF_T dx, dy, dz;
+    GF_T ux, uy, uz;
+    GF_T vx, vy, vz;
+} GF_TYPE(gf_pair_dir);
+
+GF_HD GF_TYPE(gf_pair_dir) GF_FN(gf_pair_along)(const GF_TYPE(gf_record) *r,
+                                                const GF_TYPE(gf_dir_record) *a, GF_T x,
+                                                GF_T y, GF_T z, GF_T ax, GF_T ay, GF_T az,
+                                                int kCutoff) {
+    const GF_TYPE(gf_pair) p = GF_FN(gf_pair_whiten)(r, x, y, z);
+    GF_TYPE(gf_pair_dir) q;
+    q.g = GF_FN(gf_pair_gauss)(r, p.e, kCutoff);
+    q.dx = p.dx, q.dy = p.dy, q.dz = p.dz;
+    q.ux = p.ux, q.uy = p.uy, q.uz = p.uz;
+    const GF_T ex = ax - a->dmx, ey = ay - a->dmy, ez = az - a->dmz;
+    q.vx = r->m00 * ex + a->a00 * p.dx;
+    q.vy = r->m10 * ex + r->m11 * ey + a->a10 * p.dx + a->a11 * p.dy;
+    q.vz = r->m20 * ex + r->m21 * ey + r->m22 * ez + a->a20 * p.dx + a->a21 * p.dy +
+           a->a22 * p.dz;
+    q.h = (GF_T)(-GF_TWO_LN2) * (p.ux * q.vx + p.uy * q.vy + p.uz * q.vz);
+    return q;
+}
+
+/* rho' and sigma' of a pair (t = G . w_n, s = G . a_w,n). */
+typedef struct GF_TYPE(gf_pair_rho) {
+    GF_T rx, ry, rz; /* rho' */
+    GF_T sx, sy, sz; /* sigma' */
+} GF_TYPE(gf_pair_rho);
+
+GF_HD GF_TYPE(gf_pair_rho) GF_FN(gf_pair_rho_of)(const GF_TYPE(gf_pair_dir) *q, GF_T t, GF_T s) {
+    GF_TYPE(gf_pair_rho) o;
+    const GF_T c = -q->g * (t * q->h + s), tg = -t * q->g;
+    o.rx = c * q->ux + tg * q->vx;
+    o.ry = c * q->uy + tg * q->vy;
+    o.rz = c * q->uz + tg * q->vz;
+    o.sx = tg * q->ux;
+    o.sy = tg * q->uy;
+    o.sz = tg * q->uz;
+    return o;
+}
+
+/* The pair's term of the point's gradient before the factor 2 ln2: M'^T rho' + A'^T
+ * sigma' (added into s[0..2]). */
+GF_HD void GF_FN(gf_pair_second_point_add)(const GF_TYPE(gf_record) *r,
+                                           const GF_TYPE(gf_dir_record) *a,
+                                           const GF_TYPE(gf_pair_rho) *o, GF_T *s) {
+    s[0] += r->m00 * o->rx + r->m10 * o->ry + r->m20 * o->rz + a->a00 * o->sx +
+            a->a10 * o->sy + a->a20 * o->sz;
+    s[1] += r->m11 * o->ry + r->m21 * o->rz + a->a11 * o->sy + a->a21 * o->sz;
+    s[2] += r->m22 * o->rz + a->a22 * o->sz;
+}
+
+/* The Gaussian's sums of the double backward, GF_NUM_SUMS2 of them:
+ *   [0..2] sum rho',  [3..8] sum tril(rho' d^T),  [9..11] sum sigma',
+ *   [12..17] sum tril(sigma' a_x^T)   (tril entries in GF_L00.. order);
+ * the weights' sums sum G_c g h are kept beside them. */
+GF_HD void GF_FN(gf_pair_second_sums_add)(const GF_TYPE(gf_pair_dir) *q,
+                                          const GF_TYPE(gf_pair_rho) *o, GF_T ax, GF_T ay,
+                                          GF_T az, GF_T *s) {
+    s[0] += o->rx;
+    s[1] += o->ry;
+    s[2] += o->rz;
+    s[3 + GF_L00] += o->rx * q->dx;
+    s[3 + GF_L10] += o->ry * q->dx;
+    s[3 + GF_L11] += o->ry * q->dy;
+    s[3 + GF_L20] += o->rz * q->dx;
+    s[3 + GF_L21] += o->rz * q->dy;
+    s[3 + GF_L22] += o->rz * q->dz;
+    s[9] += o->sx;
+    s[10] += o->sy;
+    s[11] += o->sz;
+    s[12 + GF_L00] += o->sx * ax;
+    s[12 + GF_L10] += o->sy * ax;
+    s[12 + GF_L11] += o->sy * ay;
+    s[12 + GF_L20] += o->sz * ax;
+    s[12 + GF_L21] += o->sz * ay;
+    s[12 + GF_L22] += o->sz * az;
+}
+
+/* From one Gaussian's second-order sums (double) to its gradients (GF_T; either row may
+ * be NULL): grad_mean = -2 ln2 (M'^T S_rho + A'^T S_sigma), grad_M = tril(S_rho d +
+ * S_sigma a_x - S_sigma a_mu^T) / a (9 entries), with M', A', a_mu from the records. */
+GF_HD void GF_FN(gf_second_gaussian_store)(const double sums[GF_NUM_SUMS2],
+                                           const GF_TYPE(gf_record) *r,
+                                           const GF_TYPE(gf_dir_record) *a,
+                                           GF_T *grad_mean, /* [3] or NULL */
+                                           GF_T *grad_cov) { /* [9] or NULL */
+    const double *sr = sums, *ss = sums + 9;
+    if (grad_mean) {
+        const double m[6] = {r->m00, r->m10, r->m11, r->m20, r->m21, r->m22};
+        const double am[6] = {a->a00, a->a10, a->a11, a->a20, a->a21, a->a22};
+        double y[3], z[3];
+        gf_lower_t_mul_vec(m, sr, y);
+        gf_lower_t_mul_vec(am, ss, z);
+        for (int k = 0; k < 3; ++k) grad_mean[k] = (GF_T)(-GF_TWO_LN2 * (y[k] + z[k]));
+    }
+    if (grad_cov) {
+        const double dm[3] = {a->dmx, a->dmy, a->dmz};
+        double g[6];
+        int e = 0;
+        for (int i = 0; i < 3; ++i)
+            for (int j = 0; j <= i; ++j, ++e)
+                g[e] = (sums[3 + e] + sums[12 + e] - ss[i] * dm[j]) / GF_SQRT_HALF_LOG2E;
+        GF_FN(gf_cov_store)(GF_COV_WHITENED, g, grad_cov);
+    }
+}
+

@@ -423,7 +423,7 @@ __global__ void __launch_bounds__(256)
         const double scale =
             C == 1 ? double(static_cast<const T *>(p.weights)[n * p.weights_stride[0]]) : 1.0;
         const T *cov = static_cast<const T *>(p.cov);
-        const int ncov = int(p.cov_mode);
+        const int ncov = gf_cov_params(p.cov_mode);
         gf_gaussian_vjp_store(sums, scale, cov + n * p.cov_stride[0], p.cov_stride[1], p.cov_mode,
                               p.eps, gm ? gm + 3 * n : nullptr, gc ? gc + ncov * n : nullptr);
     }

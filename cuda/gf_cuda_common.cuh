@@ -115,6 +115,13 @@ __device__ __forceinline__ void load_point(const gf_params &p, int64_t b, T &x, 
     }
 }
 
+/* The sum of v over the warp's lanes by a fixed tree; lane 0 holds it. */
+__device__ __forceinline__ double warp_sum(double v) {
+#pragma unroll
+    for (int off = kWarp / 2; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
+    return v;
+}
+
 /* ---- records: one thread per Gaussian ------------------------------------------ */
 template <typename T>
 __global__ void __launch_bounds__(256)
@@ -173,7 +180,7 @@ gf_status zero_outputs(const gf_params &p, bool backward, cudaStream_t stream,
     void *outs[5] = {backward ? nullptr : p.out, backward ? p.grad_x : nullptr,
                      backward ? p.grad_means : nullptr, backward ? p.grad_cov : nullptr,
                      backward ? p.grad_weights : nullptr};
-    const int64_t sizes[5] = {B * C, 3 * B, 3 * N, int64_t(p.cov_mode) * N, N * C};
+    const int64_t sizes[5] = {B * C, 3 * B, 3 * N, int64_t(gf_cov_params(p.cov_mode)) * N, N * C};
     for (int i = 0; i < 5; ++i) {
         if (!outs[i] || sizes[i] == 0) continue;
         const gf_status st = cuda_status(

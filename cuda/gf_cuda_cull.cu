@@ -145,13 +145,6 @@ __device__ __forceinline__ typename Types<T>::rec load_pair_values(const T *src)
     return u.r;
 }
 
-/* The sum of v over the warp's lanes by a fixed tree; lane 0 holds it. */
-__device__ __forceinline__ double warp_sum(double v) {
-#pragma unroll
-    for (int off = kWarp / 2; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
-    return v;
-}
-
 /* ---- plan kernels ---------------------------------------------------------------- */
 
 struct BBox {
@@ -646,7 +639,7 @@ __global__ void __launch_bounds__(kGaussWarps *kWarp, 3)
             const T *cov = static_cast<const T *>(p.cov);
             T *gm = static_cast<T *>(p.grad_means);
             T *gc = static_cast<T *>(p.grad_cov);
-            const int ncov = int(p.cov_mode);
+            const int ncov = gf_cov_params(p.cov_mode);
             gf_gaussian_vjp_store(sums, scale, cov + n * p.cov_stride[0], p.cov_stride[1],
                                   p.cov_mode, p.eps, gm ? gm + 3 * n : nullptr,
                                   gc ? gc + ncov * n : nullptr);

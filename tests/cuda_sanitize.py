@@ -2,7 +2,8 @@
 launch configurations, with one and several channels (partial channel blocks) and with
 and without a cutoff, and the culled path, checked against the CPU.  Run under
 compute-sanitizer (memcheck, racecheck, initcheck) by benchmarks/gpu_session.sh; not
-collected by pytest.  `python tests/cuda_sanitize.py culled` runs the culled cases alone."""
+collected by pytest.  `python tests/cuda_sanitize.py culled` runs the culled cases and
+the double backward's alone."""
 import os
 import sys
 
@@ -50,4 +51,29 @@ for B, N in [(37, 45), (301, 130), (3000, 700)]:
             for channels, cutoff in [(0, 2.5), (3, 3.0), (11, 2.0)]:
                 check(B, N, mode, dtype, channels, cutoff)
 del os.environ["GAUSSFIELD_CULLING"]
+
+
+def check_second(B, N, dtype, channels, cutoff):
+    """The double backward op (every output, every direction) against the CPU."""
+    x, m, c, w = make_inputs(B, N, "full", torch.float64, "cpu", B + N)
+    M = torch.linalg.inv(torch.linalg.cholesky(
+        torch.linalg.inv(gaussfield.reference.inverse_covariance(c))))
+    if channels:
+        w = torch.randn(N, channels, dtype=torch.float64)
+    g = torch.randn(B, *([channels] if channels else []), dtype=torch.float64)
+    dirs = [torch.randn_like(t) for t in (x, m, M, w)]
+    ins = [t.to(dtype) for t in (g, x, m, M, w, *dirs)]
+    op = torch.ops.gaussfield.gaussian_field_double_backward
+    want = op(*ins[:5], 1e-6, cutoff, *ins[5:], [True] * 5)
+    got = op(*[t.cuda() for t in ins[:5]], 1e-6, cutoff, *[t.cuda() for t in ins[5:]], [True] * 5)
+    torch.cuda.synchronize()
+    tol = 2e-5 if dtype == torch.float32 else 1e-12
+    errs = [rel_err(a, b) for a, b in zip(got, want)]
+    assert max(errs) < tol, (B, N, dtype, channels, cutoff, errs)
+
+
+for B, N in [(37, 45), (301, 130)]:
+    for dtype in (torch.float32, torch.float64):
+        for channels, cutoff in [(0, None), (3, 2.5), (11, None)]:
+            check_second(B, N, dtype, channels, cutoff)
 print("cuda_sanitize: all checks passed")

@@ -326,20 +326,21 @@ def test_integer_bool_complex_inputs_are_refused(which, dtype):
         f(*ins)
 
 
-def test_backward_op_refuses_inputs_that_require_grad():
-    x, means, cov, weights = make_inputs(5, 4, "full", torch.float32, "cpu", 3)
-    go = torch.ones(5, requires_grad=True)
-    with pytest.raises(RuntimeError, match="gaussian_field_backward is not differentiable"):
-        torch.ops.gaussfield.gaussian_field_backward(go, x, means, cov, weights, 1e-6, None, [True] * 4)
-    with torch.no_grad():  # the same call without grad mode is fine
-        torch.ops.gaussfield.gaussian_field_backward(go, x, means, cov, weights, 1e-6, None, [True] * 4)
-
-
-def test_double_backward_is_refused():
-    ins = leaves(*make_inputs(5, 4, "full", torch.float64, "cpu", 3))
-    torch.autograd.grad(f(*ins).sum(), ins[0])  # first order is fine
-    with pytest.raises(RuntimeError, match="double backward"):
-        torch.autograd.grad(f(*ins).sum(), ins[0], create_graph=True)
+def test_backward_op_is_differentiable():
+    """The backward op called directly with inputs that require grad records a graph
+    (it is differentiable: gaussian_field_double_backward), and without grad mode none."""
+    x, means, cov, weights = make_inputs(5, 4, "full", torch.float64, "cpu", 3)
+    go = torch.ones(5, dtype=torch.float64, requires_grad=True)
+    grads = torch.ops.gaussfield.gaussian_field_backward(go, x, means, cov, weights, 1e-6, None, [True] * 4)
+    assert all(g.grad_fn is not None for g in grads)
+    # linear in grad_out: d <1, grad_x(go)> / d go = <1, grad_x(e_b)> per point
+    (d,) = torch.autograd.grad(grads[0].sum(), go)
+    rows = torch.ops.gaussfield.gaussian_field_backward(torch.eye(5, dtype=torch.float64)[1], x, means,
+                                                        cov, weights, 1e-6, None, [True] * 4)[0]
+    assert torch.allclose(d[1], rows.sum(), rtol=1e-12, atol=0)
+    with torch.no_grad():
+        grads = torch.ops.gaussfield.gaussian_field_backward(go, x, means, cov, weights, 1e-6, None, [True] * 4)
+    assert all(g.grad_fn is None for g in grads)
 
 
 @pytest.mark.parametrize("mask", [[True], [True] * 5, []])

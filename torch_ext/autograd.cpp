@@ -49,13 +49,17 @@ class GaussianFieldFunction : public torch::autograd::Function<GaussianFieldFunc
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const auto saved = ctx->get_saved_variables();
-    // The backward op has no derivative yet: refuse create_graph rather than hand back
-    // gradients whose own gradient would silently be missing.
+    // This C++ entry point is first order: the second-order rules (the front-ends'
+    // derivatives around gaussian_field_double_backward) live in the Python layer.
+    // Refuse create_graph rather than hand back gradients whose own gradient would
+    // silently be missing.
     TORCH_CHECK(!at::GradMode::is_enabled() ||
                     !(grad_outputs[0].requires_grad() || saved[0].requires_grad() ||
                       saved[1].requires_grad() || saved[2].requires_grad() ||
                       saved[3].requires_grad()),
-                "gaussfield: double backward (create_graph=true) is not supported yet");
+                "gaussfield: gaussfield::gaussian_field (C++) is differentiable to first order "
+                "only: double backward (create_graph=true) is not supported from C++ (it is "
+                "from Python)");
     const std::array<bool, 4> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
                                       ctx->needs_input_grad(2), ctx->needs_input_grad(3)};
     const c10::IValue cut = ctx->saved_data["cutoff"];

@@ -138,6 +138,33 @@ BackwardResult gaussian_field_backward_cpu(const at::Tensor& grad_out, const at:
   return {grads[0], grads[1], grads[2], grads[3]};
 }
 
+SecondResult gaussian_field_double_backward_cpu(
+    const std::optional<at::Tensor>& grad_out, const at::Tensor& x, const at::Tensor& means,
+    const at::Tensor& cov, const at::Tensor& weights, double eps, std::optional<double> cutoff,
+    const std::optional<at::Tensor>& dir_x, const std::optional<at::Tensor>& dir_means,
+    const std::optional<at::Tensor>& dir_cov, const std::optional<at::Tensor>& dir_weights,
+    std::array<bool, 5> output_mask) {
+  Problem prob = make_second_problem(grad_out, x, means, cov, weights, eps, cutoff, dir_x,
+                                     dir_means, dir_cov, dir_weights, output_mask);
+  gf_params& p = prob.params;
+  SecondResult r = allocate_second(x, means, cov, weights, p, output_mask);
+  if (p.num_points == 0 || p.num_gaussians == 0) return r;
+  at::Tensor records = records_for(p, x);
+  p.records = records.data_ptr();
+  if (p.grad_grad_out || p.grad_x) {
+    at::parallel_for(0, p.num_points, grain(p.num_gaussians), [&](int64_t begin, int64_t end) {
+      check_status(gf_cpu_double_backward_points(&p, begin, end), "double backward (points)");
+    });
+  }
+  if (p.grad_means || p.grad_cov || p.grad_weights) {
+    at::parallel_for(0, p.num_gaussians, grain(p.num_points), [&](int64_t begin, int64_t end) {
+      check_status(gf_cpu_double_backward_gaussians(&p, begin, end),
+                   "double backward (gaussians)");
+    });
+  }
+  return r;
+}
+
 // [cells x, y, z, cell size, list length, pairs estimate, pairs evaluated, workspace
 // bytes] of the plan that the culled path would build for these inputs with this many
 // points per cell (whatever GAUSSFIELD_CULLING says), or [] when it would not cull
@@ -172,4 +199,5 @@ TORCH_LIBRARY_IMPL(gaussfield, CPU, m) {
   m.impl("gaussian_field_backward",
          &gaussfield::backward_promoted<&gaussfield::gaussian_field_backward_cpu>);
   m.impl("_culling_stats", &gaussfield::culling_stats_cpu);
+  m.impl("gaussian_field_double_backward", &gaussfield::gaussian_field_double_backward_cpu);
 }

@@ -147,6 +147,28 @@ BackwardResult gaussian_field_backward_cuda(const at::Tensor& grad_out, const at
   return {grads[0], grads[1], grads[2], grads[3]};
 }
 
+SecondResult gaussian_field_double_backward_cuda(
+    const std::optional<at::Tensor>& grad_out, const at::Tensor& x, const at::Tensor& means,
+    const at::Tensor& cov, const at::Tensor& weights, double eps, std::optional<double> cutoff,
+    const std::optional<at::Tensor>& dir_x, const std::optional<at::Tensor>& dir_means,
+    const std::optional<at::Tensor>& dir_cov, const std::optional<at::Tensor>& dir_weights,
+    std::array<bool, 5> output_mask) {
+  Problem prob = make_second_problem(grad_out, x, means, cov, weights, eps, cutoff, dir_x,
+                                     dir_means, dir_cov, dir_weights, output_mask);
+  gf_params& p = prob.params;
+  SecondResult r = allocate_second(x, means, cov, weights, p, output_mask);
+  if (p.num_points == 0 || p.num_gaussians == 0) return r;
+  const c10::cuda::CUDAGuard guard(x.device());
+  size_t bytes = 0;
+  check_cuda(gf_cuda_double_backward_workspace_bytes(&p, &bytes), 0, "workspace size");
+  at::Tensor workspace = at::empty({static_cast<int64_t>(bytes)}, x.options().dtype(at::kByte));
+  int cuda_error = 0;
+  check_cuda(gf_cuda_double_backward(&p, workspace.data_ptr(), bytes,
+                                     c10::cuda::getCurrentCUDAStream().stream(), &cuda_error),
+             cuda_error, "double backward");
+  return r;
+}
+
 }  // namespace
 }  // namespace gaussfield
 
@@ -155,4 +177,5 @@ TORCH_LIBRARY_IMPL(gaussfield, CUDA, m) {
          &gaussfield::forward_promoted<&gaussfield::gaussian_field_cuda>);
   m.impl("gaussian_field_backward",
          &gaussfield::backward_promoted<&gaussfield::gaussian_field_backward_cuda>);
+  m.impl("gaussian_field_double_backward", &gaussfield::gaussian_field_double_backward_cuda);
 }

@@ -12,6 +12,8 @@
 
 #include <optional>
 
+#include "../csrc/gaussfield.h"  // GF_DEFAULT_EPS
+
 namespace gaussfield {
 
 // f(x) = sum_n w_n exp(-q_n(x) / 2) [q_n(x) <= cutoff^2] for points x [..., 3], means
@@ -21,7 +23,7 @@ namespace gaussfield {
 // the backward recomputes every pair term, so memory stays O(B + N).  Thread-safe as
 // any torch function.
 at::Tensor gaussian_field(const at::Tensor& x, const at::Tensor& means, const at::Tensor& cov,
-                          const at::Tensor& weights, double eps = 1e-6,
+                          const at::Tensor& weights, double eps = GF_DEFAULT_EPS,
                           std::optional<double> cutoff = std::nullopt);
 
 }  // namespace gaussfield

@@ -20,8 +20,14 @@ namespace gaussfield {
 struct Problem {
   at::Tensor x2d;
   at::Tensor grad_out_flat;
+  at::Tensor cov2d;  // cov, or a whitening factor viewed as [N, 9]
+  at::Tensor dir_x2d, dir_cov2d;  // the double backward's directions, likewise
   gf_params params;  // inputs filled in, outputs NULL
 };
+
+// cov of shape [N, 3, 3]: a whitening factor M (GF_COV_WHITENED), read by the C core as
+// rows of 9 (the entries above the diagonal are not read; their gradient is 0).
+bool is_whitening_factor(const at::Tensor& cov);
 
 // Checks shapes, dtypes, devices, eps and cutoff of the forward's inputs and throws a
 // c10::Error naming the argument otherwise.  weights are [N] (one channel) or [N, C].
@@ -47,6 +53,25 @@ void set_grad_outputs(gf_params& p, const std::array<at::Tensor, 4>& grads);
 void check_status(gf_status status, const char* what);
 
 using BackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using SecondResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+// The double backward's problem: make_problem's checks, cov a whitening factor, each
+// direction shaped like its input, and grad_out wherever an output but the first is
+// wanted.  The directions' pointers are filled in (NULL for None).
+Problem make_second_problem(const std::optional<at::Tensor>& grad_out, const at::Tensor& x,
+                            const at::Tensor& means, const at::Tensor& cov,
+                            const at::Tensor& weights, double eps, std::optional<double> cutoff,
+                            const std::optional<at::Tensor>& dir_x,
+                            const std::optional<at::Tensor>& dir_means,
+                            const std::optional<at::Tensor>& dir_cov,
+                            const std::optional<at::Tensor>& dir_weights,
+                            std::array<bool, 5> output_mask);
+
+// The wanted outputs of the double backward (zeros for empty sums), and p's output
+// pointers at them: grad_grad_out shaped like the result, the others like their inputs.
+SecondResult allocate_second(const at::Tensor& x, const at::Tensor& means, const at::Tensor& cov,
+                             const at::Tensor& weights, gf_params& p,
+                             std::array<bool, 5> output_mask);
 
 // Low-precision inputs.  The C core computes in float32 or float64; an op that receives
 // a float16 or bfloat16 input computes in float32, or in float64 where another input is
@@ -78,9 +103,9 @@ BackwardResult backward_promoted(const at::Tensor& grad_out, const at::Tensor& x
                                  std::optional<double> cutoff, std::array<bool, 4> output_mask) {
   const auto dt = promoted_dtype({{"grad_out", &grad_out}, {"x", &x}, {"means", &means},
                                   {"cov", &cov}, {"weights", &weights}});
-  if (!dt) return Impl(grad_out, x, means, cov, weights, eps, cutoff, output_mask);
-  auto grads = Impl(grad_out.to(*dt), x.to(*dt), means.to(*dt), cov.to(*dt), weights.to(*dt),
-                    eps, cutoff, output_mask);
+  auto grads = dt ? Impl(grad_out.to(*dt), x.to(*dt), means.to(*dt), cov.to(*dt),
+                         weights.to(*dt), eps, cutoff, output_mask)
+                  : Impl(grad_out, x, means, cov, weights, eps, cutoff, output_mask);
   auto back = [](const at::Tensor& g, const at::Tensor& like) {
     return g.defined() ? g.to(like.scalar_type()) : g;
   };

@@ -33,6 +33,10 @@ gf_dtype to_gf_dtype(at::ScalarType t) {
 
 }  // namespace
 
+bool is_whitening_factor(const at::Tensor& cov) {
+  return cov.dim() == 3 && cov.size(1) == 3 && cov.size(2) == 3;
+}
+
 std::optional<at::ScalarType> promoted_dtype(std::initializer_list<NamedTensor> inputs) {
   bool low = false, wide = false;
   for (const auto& [name, t] : inputs) {
@@ -63,12 +67,14 @@ Problem make_problem(const at::Tensor& x, const at::Tensor& means, const at::Ten
   TORCH_CHECK(means.dim() == 2 && means.size(1) == 3, "means must have shape [N, 3], got ",
               means.sizes());
   const int64_t n = means.size(0);
-  TORCH_CHECK(cov.dim() == 2 && (cov.size(1) == 6 || cov.size(1) == 3),
-              "cov must have shape [N, 6] (full covariance, cov_tril) or [N, 3] (diagonal, "
-              "log_scales), got ",
+  const bool whitened = is_whitening_factor(cov);
+  TORCH_CHECK(whitened || (cov.dim() == 2 && (cov.size(1) == 6 || cov.size(1) == 3)),
+              "cov must have shape [N, 6] (full covariance, cov_tril), [N, 3] (diagonal, "
+              "log_scales) or [N, 3, 3] (a whitening factor M, lower triangular, with "
+              "Sigma^-1 = M^T M), got ",
               cov.sizes());
-  TORCH_CHECK(cov.size(0) == n, "cov must have shape [N, ", cov.size(1), "] with N = ", n,
-              " as in means, got ", cov.sizes());
+  TORCH_CHECK(cov.size(0) == n, "cov must have N = ", n, " rows as in means, got ",
+              cov.sizes());
   TORCH_CHECK((weights.dim() == 1 || weights.dim() == 2) && weights.size(0) == n,
               "weights must have shape [N] or [N, C] with N = ", n, " as in means, got ",
               weights.sizes());
@@ -99,7 +105,7 @@ Problem make_problem(const at::Tensor& x, const at::Tensor& means, const at::Ten
   gf_params& p = prob.params;
   p = gf_params{};
   p.dtype = to_gf_dtype(x.scalar_type());
-  p.cov_mode = cov.size(1) == 6 ? GF_COV_FULL : GF_COV_DIAG;
+  p.cov_mode = whitened ? GF_COV_WHITENED : cov.size(1) == 6 ? GF_COV_FULL : GF_COV_DIAG;
   p.eps = eps;
   p.cutoff = cutoff.has_value() ? *cutoff : 0.0;  // 0: no cutoff
   p.num_points = prob.x2d.size(0);
@@ -111,9 +117,12 @@ Problem make_problem(const at::Tensor& x, const at::Tensor& means, const at::Ten
   p.means = means.data_ptr();
   p.means_stride[0] = means.stride(0);
   p.means_stride[1] = means.stride(1);
-  p.cov = cov.data_ptr();
-  p.cov_stride[0] = cov.stride(0);
-  p.cov_stride[1] = cov.stride(1);
+  // a whitening factor [N, 3, 3] as rows of 9 (a view wherever one exists)
+  const at::Tensor cov2d = whitened ? cov.reshape({n, 9}) : cov;
+  prob.cov2d = cov2d;
+  p.cov = cov2d.data_ptr();
+  p.cov_stride[0] = cov2d.stride(0);
+  p.cov_stride[1] = cov2d.stride(1);
   p.weights = weights.data_ptr();
   p.weights_stride[0] = weights.stride(0);
   p.weights_stride[1] = weights.dim() == 2 ? weights.stride(1) : 0;
@@ -128,6 +137,83 @@ Problem make_problem(const at::Tensor& x, const at::Tensor& means, const at::Ten
     prob.grad_out_flat = g;
   }
   return prob;
+}
+
+Problem make_second_problem(const std::optional<at::Tensor>& grad_out, const at::Tensor& x,
+                            const at::Tensor& means, const at::Tensor& cov,
+                            const at::Tensor& weights, double eps, std::optional<double> cutoff,
+                            const std::optional<at::Tensor>& dir_x,
+                            const std::optional<at::Tensor>& dir_means,
+                            const std::optional<at::Tensor>& dir_cov,
+                            const std::optional<at::Tensor>& dir_weights,
+                            std::array<bool, 5> output_mask) {
+  TORCH_CHECK(is_whitening_factor(cov),
+              "gaussian_field_double_backward: cov must be a whitening factor [N, 3, 3] (the "
+              "parameterisations' own derivatives are applied around the op), got ",
+              cov.sizes());
+  const bool needs_grad_out =
+      output_mask[1] || output_mask[2] || output_mask[3] || output_mask[4];
+  TORCH_CHECK(grad_out.has_value() || !needs_grad_out,
+              "gaussian_field_double_backward: grad_out is needed for the gradients of x, "
+              "means, cov and weights");
+  Problem prob = make_problem(x, means, cov, weights, eps, cutoff,
+                              grad_out.has_value() ? *grad_out : at::Tensor());
+  gf_params& p = prob.params;
+  auto check_dir = [&](const std::optional<at::Tensor>& d, const at::Tensor& like,
+                       const char* name) {
+    if (!d.has_value()) return;
+    TORCH_CHECK(d->sizes() == like.sizes(), name, " must have the shape of ",
+                name + 4, " (", like.sizes(), "), got ", d->sizes());
+    check_like_x(*d, name, x);
+  };
+  check_dir(dir_x, x, "dir_x");
+  check_dir(dir_means, means, "dir_means");
+  check_dir(dir_cov, cov, "dir_cov");
+  check_dir(dir_weights, weights, "dir_weights");
+  if (dir_x.has_value()) {
+    prob.dir_x2d = dir_x->reshape({-1, 3});
+    p.dir_x = prob.dir_x2d.data_ptr();
+    p.dir_x_stride[0] = prob.dir_x2d.stride(0);
+    p.dir_x_stride[1] = prob.dir_x2d.stride(1);
+  }
+  if (dir_means.has_value()) {
+    p.dir_means = dir_means->data_ptr();
+    p.dir_means_stride[0] = dir_means->stride(0);
+    p.dir_means_stride[1] = dir_means->stride(1);
+  }
+  if (dir_cov.has_value()) {
+    prob.dir_cov2d = dir_cov->reshape({cov.size(0), 9});
+    p.dir_cov = prob.dir_cov2d.data_ptr();
+    p.dir_cov_stride[0] = prob.dir_cov2d.stride(0);
+    p.dir_cov_stride[1] = prob.dir_cov2d.stride(1);
+  }
+  if (dir_weights.has_value()) {
+    p.dir_weights = dir_weights->data_ptr();
+    p.dir_weights_stride[0] = dir_weights->stride(0);
+    p.dir_weights_stride[1] = dir_weights->dim() == 2 ? dir_weights->stride(1) : 0;
+  }
+  return prob;
+}
+
+SecondResult allocate_second(const at::Tensor& x, const at::Tensor& means, const at::Tensor& cov,
+                             const at::Tensor& weights, gf_params& p,
+                             std::array<bool, 5> output_mask) {
+  const bool empty_sum = p.num_points == 0 || p.num_gaussians == 0;
+  auto make = [&](bool wanted, at::IntArrayRef shape) {
+    if (!wanted) return at::Tensor();
+    return empty_sum ? at::zeros(shape, x.options()) : at::empty(shape, x.options());
+  };
+  const at::DimVector out_shape = output_shape(x, weights);
+  SecondResult r{make(output_mask[0], out_shape), make(output_mask[1], x.sizes()),
+                 make(output_mask[2], means.sizes()), make(output_mask[3], cov.sizes()),
+                 make(output_mask[4], weights.sizes())};
+  auto ptr = [](const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; };
+  p.grad_grad_out = ptr(std::get<0>(r));
+  p.grad_x = ptr(std::get<1>(r));
+  p.grad_means = ptr(std::get<2>(r));
+  p.grad_cov = ptr(std::get<3>(r));
+  p.grad_weights = ptr(std::get<4>(r));
+  return r;
 }
 
 at::Tensor allocate_output(const at::Tensor& x, const at::Tensor& weights, const gf_params& p) {
@@ -165,13 +251,25 @@ void check_status(gf_status status, const char* what) {
 
 }  // namespace gaussfield
 
+// GF_DEFAULT_EPS (csrc/gaussfield.h) as the schema's text
+#define GF_STR_(x) #x
+#define GF_STR(x) GF_STR_(x)
+
 TORCH_LIBRARY(gaussfield, m) {
   m.def(
-      "gaussian_field(Tensor x, Tensor means, Tensor cov, Tensor weights, float eps=1e-6, "
-      "float? cutoff=None) -> Tensor");
+      "gaussian_field(Tensor x, Tensor means, Tensor cov, Tensor weights, "
+      "float eps=" GF_STR(GF_DEFAULT_EPS) ", float? cutoff=None) -> Tensor");
   m.def(
       "gaussian_field_backward(Tensor grad_out, Tensor x, Tensor means, Tensor cov, "
       "Tensor weights, float eps, float? cutoff, bool[4] output_mask) -> (Tensor, Tensor, "
+      "Tensor, Tensor)");
+  // The derivative of gaussian_field_backward (and, through its first output, forward
+  // mode): see csrc/gaussfield.h, "Second order".  cov is a whitening factor [N, 3, 3];
+  // a direction that is None counts as zero; outputs not in output_mask are None.
+  m.def(
+      "gaussian_field_double_backward(Tensor? grad_out, Tensor x, Tensor means, Tensor cov, "
+      "Tensor weights, float eps, float? cutoff, Tensor? dir_x, Tensor? dir_means, "
+      "Tensor? dir_cov, Tensor? dir_weights, bool[5] output_mask) -> (Tensor, Tensor, Tensor, "
       "Tensor, Tensor)");
   // Benchmarks' view of the culling plan (CPU tensors; see cpu.cpp): not part of the
   // differentiable API.

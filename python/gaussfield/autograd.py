@@ -2,38 +2,110 @@
 kernels, and the vmap batching rules.  The ops themselves are defined and implemented in
 C++ (``torch_ext/``); the Autocast kernels are there too.
 
-* ``torch.ops.gaussfield.gaussian_field(x, means, cov, weights, eps=1e-6, cutoff=None)
-  -> Tensor``
-* ``torch.ops.gaussfield.gaussian_field_backward(grad_out, x, means, cov, weights, eps,
-  cutoff, output_mask) -> (grad_x, grad_means, grad_cov, grad_weights)``; a gradient
-  whose ``output_mask`` entry is False is neither computed nor returned (``None``).
+* ``gaussian_field(x, means, cov, weights, eps=1e-6, cutoff=None) -> Tensor``
+* ``gaussian_field_backward(grad_out, x, means, cov, weights, eps, cutoff, output_mask)
+  -> (grad_x, grad_means, grad_cov, grad_weights)``; a gradient whose ``output_mask``
+  entry is False is neither computed nor returned (``None``).
+* ``gaussian_field_double_backward(grad_out, x, means, cov, weights, eps, cutoff, dir_x,
+  dir_means, dir_cov, dir_weights, output_mask) -> (grad_grad_out, grad_x, grad_means,
+  grad_cov, grad_weights)``: the derivative of the backward op along a direction of its
+  outputs, ``cov`` a whitening factor ``[N, 3, 3]`` (csrc/gaussfield.h, "Second order").
+  Its first output alone is the forward-mode product (JVP) of ``gaussian_field``.
+
+How derivatives compose.  The pair kernels see a whitening factor ``M`` per Gaussian;
+the covariance parameterisations (``cov_tril``, ``log_scales``) are front-ends that map
+``cov`` to ``M``.  First-order reverse mode runs fused: the ops apply the front-end and
+its derivative inside the kernels.  Everything of higher order (``create_graph=True``,
+forward mode, ``torch.func.grad`` / ``jacrev`` / ``jacfwd`` / ``hessian``) takes the
+front-end in plain PyTorch (:func:`whitening_factor`, differentiable to any order by
+PyTorch itself) and the ops in the whitened form, whose derivatives are the three ops
+above: forward -> backward -> double backward.  Third derivatives raise.
+
+The Autograd kernels are single-level autograd functions (PyTorch's own mechanism for
+functorch-aware functions, private API, guarded below): registered for every call
+through the dispatcher, they record a graph node at whatever functorch level calls them,
+which ``torch.func`` needs.  Where that API is missing the kernels fall back to a plain
+``autograd.Function`` and ``torch.func``'s reverse and forward transforms raise a clear
+error instead.
 """
+import contextlib
 import math
+import threading
 
 import torch
 import torch.autograd.forward_ad as _forward_ad
 
+from .ops import DEFAULT_EPS
+
 _FORWARD = "gaussfield::gaussian_field"
 _BACKWARD = "gaussfield::gaussian_field_backward"
+_SECOND = "gaussfield::gaussian_field_double_backward"
+
+try:  # private API: guarded (see the module's docstring)
+    from torch._C._functorch import TransformType as _TransformType
+    from torch._C._functorch import peek_interpreter_stack as _peek_interpreter_stack
+    from torch._functorch.pyfunctorch import (
+        retrieve_all_functorch_interpreters as _all_interpreters,
+    )
+    from torch._functorch.utils import (
+        enable_single_level_autograd_function as _single_level_allowed,
+    )
+    from torch.autograd.function import _SingleLevelFunction as _FunctionBase
+
+    _HAVE_SINGLE_LEVEL = True
+except ImportError:  # pragma: no cover - depends on torch's internals
+    _TransformType = _peek_interpreter_stack = _all_interpreters = None
+    _single_level_allowed = None
+    _FunctionBase = torch.autograd.Function
+    _HAVE_SINGLE_LEVEL = False
+
+
+FUNCTORCH_UNSUPPORTED = (
+    "gaussfield: torch.func.grad / jacrev / jacfwd / jvp / hessian through gaussian_field "
+    "need PyTorch's single-level autograd functions, which this torch does not have; use "
+    "torch.autograd.grad (create_graph=True for second order) or torch.autograd.forward_ad"
+)
+
+THIRD_ORDER_UNSUPPORTED = (
+    "gaussfield: third derivatives are not supported: gaussian_field is differentiable "
+    "twice (gaussian_field_double_backward, the derivative of the backward, is not "
+    "differentiable itself)"
+)
+
+
+# ---- fakes ------------------------------------------------------------------------
 
 
 def _result_shape(x, weights):
     return (*x.shape[:-1], *weights.shape[1:])
 
 
-@torch.library.register_fake(_FORWARD)
-def _gaussian_field_fake(x, means, cov, weights, eps=1e-6, cutoff=None):
+def _check_inputs_fake(x, means, cov, weights, cutoff):
+    """The shape checks of torch_ext's make_problem, for compile and meta tensors."""
+    torch._check(x.dim() >= 1 and x.shape[-1] == 3, lambda: f"x must have shape [..., 3], got {tuple(x.shape)}")
+    torch._check(means.dim() == 2 and means.shape[1] == 3,
+                 lambda: f"means must have shape [N, 3], got {tuple(means.shape)}")
+    whitened = cov.dim() == 3 and cov.shape[1] == 3 and cov.shape[2] == 3
+    torch._check(whitened or (cov.dim() == 2 and cov.shape[1] in (3, 6)),
+                 lambda: f"cov must have shape [N, 6], [N, 3] or [N, 3, 3], got {tuple(cov.shape)}")
+    torch._check(cov.shape[0] == means.shape[0], lambda: "cov and means disagree on N")
     torch._check(weights.dim() in (1, 2), lambda: "weights must have shape [N] or [N, C]")
     torch._check(weights.shape[0] == means.shape[0], lambda: "weights and means disagree on N")
     torch._check(weights.dim() == 1 or weights.shape[1] >= 1,
                  lambda: "weights must have at least one channel ([N, C] with C >= 1)")
     torch._check(cutoff is None or (math.isfinite(cutoff) and cutoff > 0),
                  lambda: "cutoff must be None or a finite number > 0")
+
+
+@torch.library.register_fake(_FORWARD)
+def _gaussian_field_fake(x, means, cov, weights, eps=DEFAULT_EPS, cutoff=None):
+    _check_inputs_fake(x, means, cov, weights, cutoff)
     return x.new_empty(_result_shape(x, weights))
 
 
 @torch.library.register_fake(_BACKWARD)
 def _gaussian_field_backward_fake(grad_out, x, means, cov, weights, eps, cutoff, output_mask):
+    _check_inputs_fake(x, means, cov, weights, cutoff)
     torch._check(tuple(grad_out.shape) == _result_shape(x, weights),
                  lambda: "grad_out must have the shape of the result")
     return tuple(
@@ -42,80 +114,140 @@ def _gaussian_field_backward_fake(grad_out, x, means, cov, weights, eps, cutoff,
     )
 
 
-class _GaussianFieldFunction(torch.autograd.Function):
-    """The Autograd kernel of ``gaussian_field``: forward redispatches below Autograd,
-    backward calls the backward op.  Registered for every call through the dispatcher
-    (``torch.ops`` included), so that forward mode, which ``register_autograd`` lets
-    through with its tangents silently dropped, reaches ``jvp`` below and raises."""
-
-    # forward(ctx, ...) without setup_context: Function.apply then skips binding the
-    # arguments through inspect.signature (about 40 us a call); torch.func transforms,
-    # which would need setup_context, are refused before apply is reached.
-    @staticmethod
-    def forward(ctx, x, means, cov, weights, eps, cutoff):
-        # Only the inputs are saved: the backward recomputes every pair term, so memory
-        # stays O(B + N).
-        ctx.save_for_backward(x, means, cov, weights)
-        ctx.eps = eps
-        ctx.cutoff = cutoff
-        with torch._C._AutoDispatchBelowAutograd():
-            return torch.ops.gaussfield.gaussian_field(x, means, cov, weights, eps, cutoff)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, means, cov, weights = ctx.saved_tensors
-        # (with create_graph=True the backward op below raises: it is not differentiable)
-        output_mask = list(ctx.needs_input_grad[:4])
-        grads = torch.ops.gaussfield.gaussian_field_backward(
-            grad_out, x, means, cov, weights, ctx.eps, ctx.cutoff, output_mask
-        )
-        return (*grads, None, None)
-
-    @staticmethod
-    def jvp(ctx, *tangents):
-        raise RuntimeError(FORWARD_MODE_UNSUPPORTED)
+@torch.library.register_fake(_SECOND)
+def _gaussian_field_double_backward_fake(grad_out, x, means, cov, weights, eps, cutoff, dir_x,
+                                         dir_means, dir_cov, dir_weights, output_mask):
+    _check_inputs_fake(x, means, cov, weights, cutoff)
+    torch._check(cov.dim() == 3, lambda: "gaussian_field_double_backward: cov must be [N, 3, 3]")
+    torch._check(grad_out is not None or not any(output_mask[1:]),
+                 lambda: "gaussian_field_double_backward: grad_out is needed")
+    for d, like in ((dir_x, x), (dir_means, means), (dir_cov, cov), (dir_weights, weights)):
+        torch._check(d is None or tuple(d.shape) == tuple(like.shape),
+                     lambda: "each direction must have the shape of its input")
+    shapes = (_result_shape(x, weights), x.shape, means.shape, cov.shape, weights.shape)
+    return tuple(x.new_empty(s) if wanted else None for s, wanted in zip(shapes, output_mask))
 
 
-FORWARD_MODE_UNSUPPORTED = (
-    "gaussfield: forward-mode AD (torch.autograd.forward_ad, torch.func.jvp, jacfwd, "
-    "hessian) is not supported by gaussian_field yet; use reverse mode (.backward(), "
-    "torch.autograd.grad, torch.func.grad / jacrev)"
-)
+# ---- the front-end in PyTorch -------------------------------------------------------
 
 
-FUNCTORCH_UNSUPPORTED = (
-    "gaussfield: torch.func.grad / jacrev / vjp through gaussian_field are not supported "
-    "yet; use torch.autograd.grad or .backward() (torch.func.vmap of the forward works)"
-)
+def _is_factor(cov):
+    return cov.dim() == 3
 
 
-try:  # private API: guarded, see _functorch_transforms
-    from torch._C._functorch import TransformType as _TransformType
-    from torch._C._functorch import peek_interpreter_stack as _peek_interpreter_stack
-    from torch._functorch.pyfunctorch import (
-        retrieve_all_functorch_interpreters as _all_interpreters,
+def _factor_dtype(cov, *others):
+    """The dtype a whitening factor is handed to the ops in: cov's where it is float32 or
+    float64, else (float16 / bfloat16) float64 beside a float64 input, float32 otherwise
+    (the ops' own promotion)."""
+    if cov.dtype in (torch.float32, torch.float64):
+        return cov.dtype
+    return torch.float64 if any(t.dtype == torch.float64 for t in others) else torch.float32
+
+
+def whitening_factor(cov, eps=DEFAULT_EPS):
+    """The whitening factor ``M`` (``[N, 3, 3]``, lower triangular, ``Sigma^-1 = M^T M``)
+    of the op's covariance parameters, in plain PyTorch and in float64, differentiable to
+    any order: ``cov_tril`` ``[N, 6]`` (``Sigma = L L^T + eps I``, ``M = chol(Sigma)^-1``)
+    or ``log_scales`` ``[N, 3]`` (``M = diag(e^-s)``); a ``[N, 3, 3]`` factor is returned
+    as it is.  The kernels compute the same ``M`` in C (to float64 rounding)."""
+    if _is_factor(cov):
+        return cov
+    c = cov.double()
+    if c.shape[-1] == 3:
+        return torch.diag_embed(torch.exp(-c))
+    zero = torch.zeros_like(c[:, 0])
+    L = torch.stack(
+        [
+            torch.stack([torch.exp(c[:, 0]), zero, zero], dim=-1),
+            torch.stack([c[:, 1], torch.exp(c[:, 2]), zero], dim=-1),
+            torch.stack([c[:, 3], c[:, 4], torch.exp(c[:, 5])], dim=-1),
+        ],
+        dim=-2,
     )
-except ImportError:  # pragma: no cover - depends on torch's internals
-    _TransformType = _peek_interpreter_stack = _all_interpreters = None
+    if eps != 0.0:
+        eye = torch.eye(3, dtype=c.dtype, device=c.device)
+        L = torch.linalg.cholesky(L @ L.transpose(-2, -1) + eps * eye)
+    eye = torch.eye(3, dtype=c.dtype, device=c.device).expand_as(L)
+    return torch.linalg.solve_triangular(L, eye, upper=False)
+
+
+def _whitened(x, means, cov, weights, eps):
+    """cov as a whitening factor in the dtype the ops take (the front-end's graph kept)."""
+    return whitening_factor(cov, eps).to(_factor_dtype(cov, x, means, weights))
+
+
+# ---- when a call needs a graph --------------------------------------------------------
 
 
 def _functorch_transforms():
     """The kinds of the torch.func transforms active around this call (empty outside
-    any).  Private API: if it moves in a later torch, no transform is reported and
-    autograd.Function's own checks apply."""
+    any)."""
     if _peek_interpreter_stack is None or _peek_interpreter_stack() is None:
         return set()
     return {i.key() for i in _all_interpreters()}
 
 
-def _refuse_unsupported_transforms():
-    transforms = _functorch_transforms()
-    if _TransformType is None or not transforms:
+def _differentiating(transforms):
+    """Whether torch.func.grad / vjp / jacrev (Grad) or jvp / jacfwd (Jvp) is active."""
+    return _TransformType is not None and bool(
+        transforms & {_TransformType.Grad, _TransformType.Jvp})
+
+
+def _functorch_order():
+    """How many torch.func transforms that differentiate (Grad, Jvp) are nested around
+    this call: the derivative order they ask of it."""
+    if _peek_interpreter_stack is None or _peek_interpreter_stack() is None:
+        return 0
+    return sum(i.key() in (_TransformType.Grad, _TransformType.Jvp) for i in _all_interpreters())
+
+
+# Calls of the backward and double backward ops made by this module's own derivative
+# rules (their order is bounded where gaussian_field was called), told apart from a
+# user's direct calls.
+_rules = threading.local()
+
+
+@contextlib.contextmanager
+def _in_rule():
+    _rules.depth = getattr(_rules, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _rules.depth -= 1
+
+
+def _check_order(order_of_op):
+    """Raise where torch.func asks for more than second derivatives of f: its nesting is
+    counted where the op is called (under torch.func, a third derivative of these ops
+    is not otherwise seen, and would come back as zeros)."""
+    if getattr(_rules, "depth", 0) > 0:
         return
-    if _TransformType.Jvp in transforms:
-        raise RuntimeError(FORWARD_MODE_UNSUPPORTED)
-    if _TransformType.Grad in transforms:
-        raise RuntimeError(FUNCTORCH_UNSUPPORTED)
+    if _functorch_order() + order_of_op > 2:
+        raise RuntimeError(THIRD_ORDER_UNSUPPORTED)
+
+
+def _forward_mode(tensors):
+    """Whether an input is a dual tensor of forward-mode AD (one carries no
+    requires_grad, which is how register_autograd lost its tangent)."""
+    if _forward_ad._current_level < 0:
+        return False
+    return any(t is not None and _forward_ad.unpack_dual(t).tangent is not None for t in tensors)
+
+
+def _needs_graph(tensors):
+    """Whether a call must record a node: an input requires grad under grad mode, or is
+    a dual tensor."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return True
+    return _forward_mode(tensors)
+
+
+def _apply(fn, *args):
+    """fn.apply, allowed at any functorch level."""
+    if _HAVE_SINGLE_LEVEL:
+        with _single_level_allowed():
+            return fn.apply(*args)
+    return fn.apply(*args)
 
 
 def _below_autograd(op, *args):
@@ -123,85 +255,238 @@ def _below_autograd(op, *args):
         return op(*args)
 
 
-def _needs_autograd(tensors):
-    """Whether a call must go through the autograd.Function: an input requires grad
-    under grad mode, or forward-mode AD is active (dual tensors do not require grad,
-    which is how register_autograd lost their tangents)."""
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        return True
-    return _forward_ad._current_level >= 0
+# ---- gaussian_field -------------------------------------------------------------------
+
+
+class _FieldFunction(_FunctionBase):
+    """The graph node of ``gaussian_field``: forward redispatches below Autograd; the
+    backward is the backward op (fused, first order), or with ``create_graph=True`` the
+    same through the whitened form (``_backward_differentiable``); forward mode (cov a
+    whitening factor here, see ``_field_autograd``) is the double backward op's first
+    output.  Only the inputs are saved: every pair term is recomputed, so memory stays
+    O(B + N) to every order."""
+
+    @staticmethod
+    def forward(x, means, cov, weights, eps, cutoff):
+        with torch._C._AutoDispatchBelowAutograd():
+            return torch.ops.gaussfield.gaussian_field(x, means, cov, weights, eps, cutoff)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, means, cov, weights, eps, cutoff = inputs
+        ctx.save_for_backward(x, means, cov, weights)
+        ctx.save_for_forward(x, means, cov, weights)
+        ctx.eps, ctx.cutoff = eps, cutoff
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, means, cov, weights = ctx.saved_tensors
+        mask = list(ctx.needs_input_grad[:4])
+        with _in_rule():
+            if torch.is_grad_enabled() and not _is_factor(cov):
+                grads = _backward_differentiable(grad_out, x, means, cov, weights, ctx.eps,
+                                                 ctx.cutoff, mask)
+            else:
+                # whitened, or first order: the op (differentiable itself when whitened)
+                grads = torch.ops.gaussfield.gaussian_field_backward(
+                    grad_out, x, means, cov, weights, ctx.eps, ctx.cutoff, mask)
+        return (*grads, None, None)
+
+    @staticmethod
+    def jvp(ctx, t_x, t_means, t_cov, t_weights, _t_eps, _t_cutoff):
+        x, means, cov, weights = ctx.saved_tensors
+        if not _is_factor(cov):  # _field_autograd routes forward mode through the factor
+            raise RuntimeError("gaussfield: internal error: forward mode on cov parameters")
+        with _in_rule():
+            return torch.ops.gaussfield.gaussian_field_double_backward(
+                None, x, means, cov, weights, ctx.eps, ctx.cutoff, t_x, t_means, t_cov,
+                t_weights, [True, False, False, False, False])[0]
+
+
+def _backward_differentiable(grad_out, x, means, cov, weights, eps, cutoff, mask):
+    """The backward op's result for cov parameters, as a differentiable function of all
+    five tensors: the backward op at the whitening factor (whose derivative is the
+    double backward op), then the front-end's vector-Jacobian product in PyTorch."""
+    if not mask[2]:
+        # (M keeps its graph: the other gradients depend on cov through it)
+        gx, gm, _, gw = torch.ops.gaussfield.gaussian_field_backward(
+            grad_out, x, means, _whitened(x, means, cov, weights, eps), weights, eps, cutoff,
+            mask)
+        return gx, gm, None, gw
+    with torch.enable_grad():
+        M, front_vjp = torch.func.vjp(lambda c: _whitened(x, means, c, weights, eps), cov)
+    gx, gm, gM, gw = torch.ops.gaussfield.gaussian_field_backward(
+        grad_out, x, means, M, weights, eps, cutoff, mask)
+    (gc,) = front_vjp(gM)
+    return gx, gm, gc, gw
 
 
 @torch.library.impl(_FORWARD, "Autograd")
-def _gaussian_field_autograd(x, means, cov, weights, eps=1e-6, cutoff=None):
-    _refuse_unsupported_transforms()
-    if not _needs_autograd((x, means, cov, weights)):
-        # no graph to record: skip the autograd.Function's cost (about 0.1 ms on the
-        # GPU machine's host, measured at B = 500, N = 1000)
+def _field_autograd(x, means, cov, weights, eps=DEFAULT_EPS, cutoff=None):
+    transforms = _functorch_transforms()
+    functorch = _differentiating(transforms)
+    if functorch and not _HAVE_SINGLE_LEVEL:
+        raise RuntimeError(FUNCTORCH_UNSUPPORTED)
+    if functorch:
+        _check_order(0)
+    if not functorch and not _needs_graph((x, means, cov, weights)):
+        # no graph to record: skip the node's cost (about 0.1 ms on the GPU machine's
+        # host, measured at B = 500, N = 1000)
         return _below_autograd(torch.ops.gaussfield.gaussian_field.default, x, means, cov,
                                weights, eps, cutoff)
-    return _GaussianFieldFunction.apply(x, means, cov, weights, eps, cutoff)
+    if (functorch or _forward_mode((x, means, cov, weights))) and not _is_factor(cov):
+        # forward mode and torch.func: the front-end in PyTorch, the op on the factor
+        return torch.ops.gaussfield.gaussian_field(
+            x, means, _whitened(x, means, cov, weights, eps), weights, eps, cutoff)
+    return _apply(_FieldFunction, x, means, cov, weights, eps, cutoff)
 
 
-DOUBLE_BACKWARD_UNSUPPORTED = (
-    "gaussfield: double backward is not supported: gaussian_field_backward is not "
-    "differentiable (create_graph=True through gaussian_field, or a call with inputs "
-    "that require grad); call it on tensors that do not require grad, or under "
-    "torch.no_grad()"
-)
+# ---- gaussian_field_backward -----------------------------------------------------------
 
 
-class _BackwardFunction(torch.autograd.Function):
-    """The Autograd kernel of ``gaussian_field_backward``: not differentiable in either
-    mode, and saying so, instead of outputs whose derivative would silently be missing."""
+def _add(a, b):
+    if a is None:
+        return b
+    return a if b is None else a + b
+
+
+class _BackwardFunction(_FunctionBase):
+    """The graph node of ``gaussian_field_backward`` at a whitening factor: its VJP is
+    the double backward op along the cotangents, its JVP the backward op along grad_out's
+    tangent (the backward is linear in grad_out) plus the double backward op's last four
+    outputs along the other tangents (the Hessian of <grad_out, f> is symmetric)."""
 
     @staticmethod
-    def forward(ctx, grad_out, x, means, cov, weights, eps, cutoff, output_mask):
+    def forward(grad_out, x, means, cov, weights, eps, cutoff, output_mask):
         with torch._C._AutoDispatchBelowAutograd():
             return torch.ops.gaussfield.gaussian_field_backward(
-                grad_out, x, means, cov, weights, eps, cutoff, output_mask
-            )
+                grad_out, x, means, cov, weights, eps, cutoff, output_mask)
 
     @staticmethod
-    def backward(ctx, *grads):
-        raise RuntimeError(DOUBLE_BACKWARD_UNSUPPORTED)
+    def setup_context(ctx, inputs, output):
+        grad_out, x, means, cov, weights, eps, cutoff, output_mask = inputs
+        ctx.save_for_backward(grad_out, x, means, cov, weights)
+        ctx.save_for_forward(grad_out, x, means, cov, weights)
+        ctx.eps, ctx.cutoff, ctx.output_mask = eps, cutoff, list(output_mask)
+        ctx.set_materialize_grads(False)
 
     @staticmethod
-    def jvp(ctx, *tangents):
-        raise RuntimeError(FORWARD_MODE_UNSUPPORTED)
+    def backward(ctx, g_x, g_means, g_cov, g_weights):
+        grad_out, x, means, cov, weights = ctx.saved_tensors
+        mask = list(ctx.needs_input_grad[:5])
+        with _in_rule():
+            outs = torch.ops.gaussfield.gaussian_field_double_backward(
+                grad_out, x, means, cov, weights, ctx.eps, ctx.cutoff, g_x, g_means, g_cov,
+                g_weights, mask)
+        return (*outs, None, None, None)
+
+    @staticmethod
+    def jvp(ctx, t_grad_out, t_x, t_means, t_cov, t_weights, *_):
+        grad_out, x, means, cov, weights = ctx.saved_tensors
+        mask = ctx.output_mask
+        linear = second = (None,) * 4
+        with _in_rule():
+            if t_grad_out is not None:
+                linear = torch.ops.gaussfield.gaussian_field_backward(
+                    t_grad_out, x, means, cov, weights, ctx.eps, ctx.cutoff, mask)
+            if any(t is not None for t in (t_x, t_means, t_cov, t_weights)):
+                second = torch.ops.gaussfield.gaussian_field_double_backward(
+                    grad_out, x, means, cov, weights, ctx.eps, ctx.cutoff, t_x, t_means,
+                    t_cov, t_weights, [False, *mask])[1:]
+        out = []
+        for want, a, b, like in zip(mask, linear, second, (x, means, cov, weights)):
+            t = _add(a, b)
+            out.append(None if not want else (t if t is not None else torch.zeros_like(like)))
+        return tuple(out)
 
 
 @torch.library.impl(_BACKWARD, "Autograd")
-def _gaussian_field_backward_autograd(grad_out, x, means, cov, weights, eps, cutoff, output_mask):
+def _backward_autograd(grad_out, x, means, cov, weights, eps, cutoff, output_mask):
     inputs = (grad_out, x, means, cov, weights)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
-        raise RuntimeError(DOUBLE_BACKWARD_UNSUPPORTED)
-    _refuse_unsupported_transforms()
-    if _forward_ad._current_level < 0:
+    functorch = _differentiating(_functorch_transforms())
+    if functorch and not _HAVE_SINGLE_LEVEL:
+        raise RuntimeError(FUNCTORCH_UNSUPPORTED)
+    if functorch:
+        _check_order(1)
+    if not functorch and not _needs_graph(inputs):
         return _below_autograd(torch.ops.gaussfield.gaussian_field_backward.default, grad_out,
                                x, means, cov, weights, eps, cutoff, output_mask)
-    return _BackwardFunction.apply(grad_out, x, means, cov, weights, eps, cutoff, output_mask)
+    if not _is_factor(cov):
+        return _backward_differentiable(grad_out, x, means, cov, weights, eps, cutoff,
+                                        list(output_mask))
+    return _apply(_BackwardFunction, grad_out, x, means, cov, weights, eps, cutoff,
+                  output_mask)
+
+
+# ---- gaussian_field_double_backward ----------------------------------------------------
+
+
+class _DoubleBackwardFunction(_FunctionBase):
+    """The graph node of ``gaussian_field_double_backward``: recorded, so that a second
+    derivative taken with ``create_graph=True`` works, and raising when a third
+    derivative actually reaches it, in either mode."""
+
+    @staticmethod
+    def forward(*args):
+        with torch._C._AutoDispatchBelowAutograd():
+            return torch.ops.gaussfield.gaussian_field_double_backward(*args)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(THIRD_ORDER_UNSUPPORTED)
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        raise RuntimeError(THIRD_ORDER_UNSUPPORTED)
+
+
+@torch.library.impl(_SECOND, "Autograd")
+def _double_backward_autograd(grad_out, x, means, cov, weights, eps, cutoff, dir_x, dir_means,
+                              dir_cov, dir_weights, output_mask):
+    tensors = (grad_out, x, means, cov, weights, dir_x, dir_means, dir_cov, dir_weights)
+    args = (*tensors[:5], eps, cutoff, *tensors[5:], output_mask)
+    functorch = _differentiating(_functorch_transforms())
+    if functorch and not _HAVE_SINGLE_LEVEL:
+        raise RuntimeError(FUNCTORCH_UNSUPPORTED)
+    if functorch:
+        _check_order(2)
+    if not functorch and not _needs_graph(tensors):
+        return _below_autograd(torch.ops.gaussfield.gaussian_field_double_backward.default, *args)
+    return _apply(_DoubleBackwardFunction, *args)
 
 
 # ---- vmap ------------------------------------------------------------------------
-# Batching rules, so that torch.func.vmap runs without torch's per-sample fallback (and
-# its warning).  A batch of point sets folds into the points of one call; a batch of
-# fields (means, cov or weights batched) runs one call per field.
+# Batching rules, so that torch.func.vmap (and jacrev, jacfwd, hessian, which vmap the
+# ops) runs without torch's per-sample fallback and its warning.  A batch of point sets
+# folds into the points of one call; a batch of fields (means, cov or weights batched)
+# runs one call per field.
 
 
 def _per_sample(op, info, in_dims, args):
     """op on each sample of the batch (a Python loop), outputs stacked on dim 0."""
     outs = []
     for k in range(info.batch_size):
-        outs.append(op(*(a.select(d, k) if d is not None else a for a, d in zip(args, in_dims))))
+        outs.append(op(*(a.select(d, k) if d is not None and a is not None else a
+                         for a, d in zip(args, in_dims))))
     if isinstance(outs[0], tuple):
         stacked = tuple(None if o[0] is None else torch.stack(o) for o in zip(*outs))
         return stacked, tuple(None if t is None else 0 for t in stacked)
     return torch.stack(outs), 0
 
 
+def _front(t, dim, batch):
+    """t with its batch dimension first (expanded where it has none)."""
+    if t is None:
+        return None
+    return t.movedim(dim, 0) if dim is not None else t.expand(batch, *t.shape)
+
+
 @torch.library.register_vmap(_FORWARD)
-def _gaussian_field_vmap(info, in_dims, x, means, cov, weights, eps=1e-6, cutoff=None):
+def _gaussian_field_vmap(info, in_dims, x, means, cov, weights, eps=DEFAULT_EPS, cutoff=None):
     x_dim, means_dim, cov_dim, weights_dim = in_dims[:4]
     op = torch.ops.gaussfield.gaussian_field.default
     if means_dim is None and cov_dim is None and weights_dim is None:
@@ -220,9 +505,30 @@ def _gaussian_field_backward_vmap(info, in_dims, grad_out, x, means, cov, weight
     if not fields_batched and not any(output_mask[1:]):
         # only grad_x, which is per point: fold the batch into the points
         B = info.batch_size
-        xb = x.movedim(x_dim, 0) if x_dim is not None else x.expand(B, *x.shape)
-        gb = grad_out.movedim(g_dim, 0) if g_dim is not None else grad_out.expand(B, *grad_out.shape)
-        grads = op(gb, xb, means, cov, weights, eps, cutoff, output_mask)
+        grads = op(_front(grad_out, g_dim, B), _front(x, x_dim, B), means, cov, weights, eps,
+                   cutoff, output_mask)
         return grads, (0, None, None, None)
     return _per_sample(lambda *a: op(*a, eps, cutoff, output_mask), info, in_dims[:5],
                        (grad_out, x, means, cov, weights))
+
+
+@torch.library.register_vmap(_SECOND)
+def _gaussian_field_double_backward_vmap(info, in_dims, grad_out, x, means, cov, weights, eps,
+                                         cutoff, dir_x, dir_means, dir_cov, dir_weights,
+                                         output_mask):
+    g_dim, x_dim, means_dim, cov_dim, weights_dim, dx_dim, dm_dim, dc_dim, dw_dim = in_dims[:5] + in_dims[7:11]
+    op = torch.ops.gaussfield.gaussian_field_double_backward.default
+    fields_batched = any(d is not None for d in (means_dim, cov_dim, weights_dim, dm_dim,
+                                                  dc_dim, dw_dim))
+    if not fields_batched and not any(output_mask[2:]):
+        # only the per-point outputs: fold the batch into the points
+        B = info.batch_size
+        outs = op(_front(grad_out, g_dim, B), _front(x, x_dim, B), means, cov, weights, eps,
+                  cutoff, _front(dir_x, dx_dim, B), dir_means, dir_cov, dir_weights,
+                  output_mask)
+        return outs, (0, 0, None, None, None)
+    args = (grad_out, x, means, cov, weights, dir_x, dir_means, dir_cov, dir_weights)
+    dims = (g_dim, x_dim, means_dim, cov_dim, weights_dim, dx_dim, dm_dim, dc_dim, dw_dim)
+    return _per_sample(lambda g, xx, m, c, w, a, b, d, e: op(g, xx, m, c, w, eps, cutoff, a, b, d, e,
+                                                             output_mask),
+                       info, dims, args)

@@ -16,7 +16,9 @@
  *   - the results do not depend on how the ranges are split (bit for bit);
  *   - with a cutoff, the culling stages (plan, build, culled forward and backward, with
  *     any points per cell and split ranges) return GF_OK on a valid problem, refuse a
- *     short workspace, a bad range or a bad points_per_cell, and stay inside every buffer.
+ *     short workspace, a bad range or a bad points_per_cell, and stay inside every buffer;
+ *   - with a whitening factor (GF_COV_WHITENED), the double backward's two stages, with
+ *     any directions (or NULL) and outputs, give the same bits for split ranges.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -126,14 +128,68 @@ static void run_culled(gf_params *p, bytes *in, size_t out_bytes, int64_t Bp, in
     free(ws);
 }
 
+/* The double backward's stages on a valid whitened problem whose records are computed:
+ * directions (each dense or NULL) filled from the input, whole ranges against cut ones
+ * bit for bit, and a range outside [0, size] refused. */
+static void run_second(gf_params *p, bytes *in, int64_t Bp, int64_t Np, int64_t Cp,
+                       int64_t b_cut, int64_t n_cut) {
+    const size_t es = p->dtype == GF_FLOAT32 ? 4 : 8;
+    const uint64_t which = take(in, 1);
+    void *dx = fill(in, (size_t)(3 * Bp), es), *dm = fill(in, (size_t)(3 * Np), es),
+         *dc = fill(in, (size_t)(9 * Np), es), *dw = fill(in, (size_t)(Np * Cp), es);
+    p->dir_x = (which & 1) ? NULL : dx;
+    p->dir_means = (which & 2) ? NULL : dm;
+    p->dir_cov = (which & 4) ? NULL : dc;
+    p->dir_weights = (which & 8) ? NULL : dw;
+    p->dir_x_stride[0] = 3, p->dir_x_stride[1] = 1;
+    p->dir_means_stride[0] = 3, p->dir_means_stride[1] = 1;
+    p->dir_cov_stride[0] = 9, p->dir_cov_stride[1] = 1;
+    p->dir_weights_stride[0] = Cp, p->dir_weights_stride[1] = 1;
+    /* grad_grad_out [B, C], grad_x [B, 3], grad_means [N, 3], grad_cov [N, 9], grad_weights [N, C] */
+    const size_t elems = (size_t)(Bp * (Cp + 3) + Np * (3 + 9 + Cp));
+    unsigned char *o[2];
+    for (int pass = 0; pass < 2; ++pass) {
+        o[pass] = calloc(elems * es + 1, 1);
+        p->grad_grad_out = (which & 16) ? NULL : o[pass];
+        p->grad_x = (which & 32) || !p->grad_out ? NULL : o[pass] + es * (size_t)(Bp * Cp);
+        p->grad_means = (which & 64) || !p->grad_out ? NULL : o[pass] + es * (size_t)(Bp * (Cp + 3));
+        p->grad_cov = (which & 128) || !p->grad_out
+                          ? NULL
+                          : o[pass] + es * (size_t)(Bp * (Cp + 3) + 3 * Np);
+        p->grad_weights = !p->grad_out ? NULL : o[pass] + es * (size_t)(Bp * (Cp + 3) + 12 * Np);
+        const int64_t bs[3] = {0, pass ? b_cut : Bp, Bp}, ns[3] = {0, pass ? n_cut : Np, Np};
+        for (int k = 0; k < 2; ++k) {
+            REQUIRE(gf_cpu_double_backward_points(p, bs[k], bs[k + 1]) == GF_OK);
+            REQUIRE(gf_cpu_double_backward_gaussians(p, ns[k], ns[k + 1]) == GF_OK);
+        }
+    }
+    REQUIRE(memcmp(o[0], o[1], elems * es) == 0);
+    REQUIRE(gf_cpu_double_backward_points(p, 0, Bp + 1) == GF_ERR_BAD_SIZE);
+    REQUIRE(gf_cpu_double_backward_gaussians(p, -1, Np) == GF_ERR_BAD_SIZE);
+    gf_params q = *p;
+    q.cov_mode = GF_COV_FULL;
+    REQUIRE(gf_cpu_double_backward_points(&q, 0, Bp) == GF_ERR_BAD_COV_MODE);
+    free(o[0]);
+    free(o[1]);
+    free(dx);
+    free(dm);
+    free(dc);
+    free(dw);
+    p->dir_x = p->dir_means = p->dir_cov = p->dir_weights = NULL;
+    p->grad_grad_out = NULL;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     bytes in = {data, size};
     const uint64_t flags = take(&in, 4);
     gf_params p;
     memset(&p, 0, sizeof p);
-    const int dtype_code = (int)(flags % 3), mode_code = (int)((flags >> 2) % 3);
+    const int dtype_code = (int)(flags % 3), mode_code = (int)((flags >> 2) % 4);
     p.dtype = dtype_code == 2 ? (gf_dtype)7 : (gf_dtype)dtype_code;
-    p.cov_mode = mode_code == 0 ? GF_COV_DIAG : mode_code == 1 ? GF_COV_FULL : (gf_cov_mode)5;
+    p.cov_mode = mode_code == 0   ? GF_COV_DIAG
+                 : mode_code == 1 ? GF_COV_FULL
+                 : mode_code == 3 ? GF_COV_WHITENED
+                                  : (gf_cov_mode)5;
     if ((flags >> 4) & 1) {
         uint64_t bits = take(&in, 8);
         memcpy(&p.eps, &bits, sizeof p.eps);
@@ -157,7 +213,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     p.num_gaussians = N;
     p.num_channels = C;
     const int64_t Bp = B > 0 ? B : 0, Np = N > 0 ? N : 0, Cp = C > 0 ? C : 0;
-    const int cov_cols = p.cov_mode == GF_COV_FULL ? 6 : 3;
+    const int cov_cols = mode_code == 3 ? 9 : p.cov_mode == GF_COV_FULL ? 6 : 3;
     const int layouts = (int)take(&in, 2);
     const layout lx = make_layout(layouts, Bp, 3), lm = make_layout(layouts / 6, Np, 3),
                  lc = make_layout(layouts / 36, Np, cov_cols),
@@ -231,6 +287,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 
     if (expect_ok && p.cutoff > 0.0 && p.cutoff <= 1.7976931348623157e308)
         run_culled(&p, &in, out_elems * es, Bp, Cp);
+    if (expect_ok && mode_code == 3) run_second(&p, &in, Bp, Np, Cp, b_cut, n_cut);
 
     for (int pass = 0; pass < 2; ++pass) {
         free(outs[pass]);
