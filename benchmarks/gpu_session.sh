@@ -29,6 +29,8 @@
 #           (benchmarks/keops_peer.py)
 # autodiff  benchmarks/bench_autodiff.py: first-order and eikonal (second-order) steps
 # graphstep benchmarks/bench_graph_step.py: the small training step eager and in a CUDA graph
+# ptx80     a second build from PTX for compute capability 8.0 alone (JIT-compiled by the
+#           driver), and the CUDA tests against it
 # culltest  pytest's CUDA cases of the suites that culling and second order touch
 # cullsan   compute-sanitizer (three tools) over the culled and double-backward cases of
 #           tests/cuda_sanitize.py
@@ -238,8 +240,8 @@ PY
     stage culltest
     run python3 -m pytest -q -p no:cacheprovider tests/test_culling.py tests/test_cutoff.py \
       tests/test_cuda_graphs.py tests/test_autodiff.py tests/test_vmap.py tests/test_channels.py \
-      tests/test_low_precision.py tests/test_cuda.py tests/test_compile.py tests/test_gradcheck.py \
-      tests/test_inputs.py -k cuda > "$OUT/pytest-cull.txt" || tail -60 "$OUT/pytest-cull.txt"
+      tests/test_low_precision.py tests/test_cuda.py tests/test_gradcheck.py tests/test_inputs.py \
+      -k cuda > "$OUT/pytest-cull.txt" || tail -60 "$OUT/pytest-cull.txt"
     grep -E "passed|failed|Error|error" "$OUT/pytest-cull.txt" | tail -30
     ;;
   cullbench)
@@ -270,6 +272,20 @@ PY
     stage keopscheck
     keops_wheels
     run python3 benchmarks/keops_peer.py
+    ;;
+  ptx80)
+    stage ptx80
+    # any CUDA card: the kernels built from PTX for compute capability 8.0 alone (the
+    # driver compiles them for this GPU at load), installed apart, then the CUDA tests
+    CMAKE_ARGS="-DCMAKE_CUDA_ARCHITECTURES=80-virtual" run python3 -m pip install -q --no-build-isolation \
+      --no-deps --target /tmp/ptx80 -C build-dir=build/ptx80 . > "$OUT/ptx80-build.log" \
+      || tail -30 "$OUT/ptx80-build.log"
+    grep -h "CUDA architectures" build/ptx80/CMakeCache.txt build/ptx80/CMakeFiles/CMakeOutput.log 2>/dev/null | head -2
+    PYTHONPATH=/tmp/ptx80 python3 -c "import gaussfield; print('from', gaussfield.__file__)"
+    PYTHONPATH=/tmp/ptx80 run python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py \
+      tests/test_culling.py tests/test_autodiff.py tests/test_cutoff.py tests/test_channels.py \
+      -k cuda > "$OUT/pytest-ptx80.txt" || tail -40 "$OUT/pytest-ptx80.txt"
+    grep -E "passed|failed" "$OUT/pytest-ptx80.txt" | tail -3
     ;;
   autodiff)
     stage autodiff

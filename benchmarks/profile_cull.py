@@ -104,7 +104,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out")
     ap.add_argument("--cases", default="big,mid")
-    ap.add_argument("--per-cell", default="32,64,128,256,512")
+    ap.add_argument("--per-cell", default="64,128,256")
     args = ap.parse_args()
     device = torch.device("cuda")
     env = {"date": _dt.date.today().isoformat(), "device": device_name(device), "torch": torch.__version__,

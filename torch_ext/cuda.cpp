@@ -16,7 +16,20 @@
 namespace gaussfield {
 namespace {
 
+#ifndef GF_CUDA_ARCHITECTURES
+#define GF_CUDA_ARCHITECTURES "unknown"
+#endif
+
 void check_cuda(gf_status status, int cuda_error, const char* what) {
+  if (status == GF_ERR_CUDA && cuda_error == int(cudaErrorNoKernelImageForDevice)) {
+    cudaDeviceProp prop{};
+    (void)cudaGetDeviceProperties(&prop, c10::cuda::current_device());
+    TORCH_CHECK(false, "gaussfield: the CUDA kernels were not built for this GPU (",
+                prop.name, ", compute capability ", prop.major, ".", prop.minor,
+                "; built for: ", GF_CUDA_ARCHITECTURES, "). Rebuild with "
+                "TORCH_CUDA_ARCH_LIST=", prop.major, ".", prop.minor,
+                " (or on a machine where this GPU is visible, or with the default list)");
+  }
   TORCH_CHECK(status == GF_OK, "gaussfield: CUDA ", what, " failed: ",
               gf_status_string(status),
               status == GF_ERR_CUDA ? std::string(" (") + gf_cuda_error_string(cuda_error) + ")"
