@@ -250,6 +250,7 @@ PY
     trained=()
     [ -f "$OUT/train-cull/trained-field.pt" ] && trained=(--trained "$OUT/train-cull/trained-field.pt")
     run python3 benchmarks/bench_cull.py --out "$OUT/results" --cases "${CULL_CASES:-big,mid,giant,small}" \
+      --peers "${CULL_PEERS:-gaussfield,dense,keops_dense,keops_sparse,keops_sparse_planned}" \
       "${trained[@]}" > "$OUT/cullbench.txt"
     grep -vE "^\[(KeOps|pyKeOps)\]" "$OUT/cullbench.txt" | head -80
     ;;

@@ -30,7 +30,7 @@ def sigma_of(cov, eps):
     L = torch.stack([torch.stack([cov[:, 0].exp(), z, z], -1),
                      torch.stack([cov[:, 1], cov[:, 2].exp(), z], -1),
                      torch.stack([cov[:, 3], cov[:, 4], cov[:, 5].exp()], -1)], -2)
-    return L @ L.mT + eps * torch.eye(3, dtype=F64)
+    return L @ L.mT + eps * torch.eye(3, dtype=F64, device=cov.device)
 
 
 def mahalanobis_sq(x, means, cov, eps):

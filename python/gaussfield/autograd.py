@@ -28,7 +28,6 @@ which ``torch.func`` needs.  Where that API is missing the kernels fall back to 
 ``autograd.Function`` and ``torch.func``'s reverse and forward transforms raise a clear
 error instead.
 """
-import contextlib
 import math
 import threading
 
@@ -207,13 +206,18 @@ def _functorch_order():
 _rules = threading.local()
 
 
-@contextlib.contextmanager
-def _in_rule():
-    _rules.depth = getattr(_rules, "depth", 0) + 1
-    try:
-        yield
-    finally:
+class _InRule:
+    """``with _IN_RULE:`` around such a call (a class, not a generator: it runs on every
+    backward, where microseconds count)."""
+
+    def __enter__(self):
+        _rules.depth = getattr(_rules, "depth", 0) + 1
+
+    def __exit__(self, *exc):
         _rules.depth -= 1
+
+
+_IN_RULE = _InRule()
 
 
 def _check_order(order_of_op):
@@ -242,9 +246,9 @@ def _needs_graph(tensors):
     return _forward_mode(tensors)
 
 
-def _apply(fn, *args):
-    """fn.apply, allowed at any functorch level."""
-    if _HAVE_SINGLE_LEVEL:
+def _apply(fn, functorch, *args):
+    """fn.apply; under torch.func transforms (functorch true), allowed at their level."""
+    if functorch:
         with _single_level_allowed():
             return fn.apply(*args)
     return fn.apply(*args)
@@ -275,14 +279,15 @@ class _FieldFunction(_FunctionBase):
     def setup_context(ctx, inputs, output):
         x, means, cov, weights, eps, cutoff = inputs
         ctx.save_for_backward(x, means, cov, weights)
-        ctx.save_for_forward(x, means, cov, weights)
+        if _forward_ad._current_level >= 0:  # forward mode (torch.func.jvp's too)
+            ctx.save_for_forward(x, means, cov, weights)
         ctx.eps, ctx.cutoff = eps, cutoff
 
     @staticmethod
     def backward(ctx, grad_out):
         x, means, cov, weights = ctx.saved_tensors
         mask = list(ctx.needs_input_grad[:4])
-        with _in_rule():
+        with _IN_RULE:
             if torch.is_grad_enabled() and not _is_factor(cov):
                 grads = _backward_differentiable(grad_out, x, means, cov, weights, ctx.eps,
                                                  ctx.cutoff, mask)
@@ -297,7 +302,7 @@ class _FieldFunction(_FunctionBase):
         x, means, cov, weights = ctx.saved_tensors
         if not _is_factor(cov):  # _field_autograd routes forward mode through the factor
             raise RuntimeError("gaussfield: internal error: forward mode on cov parameters")
-        with _in_rule():
+        with _IN_RULE:
             return torch.ops.gaussfield.gaussian_field_double_backward(
                 None, x, means, cov, weights, ctx.eps, ctx.cutoff, t_x, t_means, t_cov,
                 t_weights, [True, False, False, False, False])[0]
@@ -338,7 +343,7 @@ def _field_autograd(x, means, cov, weights, eps=DEFAULT_EPS, cutoff=None):
         # forward mode and torch.func: the front-end in PyTorch, the op on the factor
         return torch.ops.gaussfield.gaussian_field(
             x, means, _whitened(x, means, cov, weights, eps), weights, eps, cutoff)
-    return _apply(_FieldFunction, x, means, cov, weights, eps, cutoff)
+    return _apply(_FieldFunction, functorch, x, means, cov, weights, eps, cutoff)
 
 
 # ---- gaussian_field_backward -----------------------------------------------------------
@@ -366,7 +371,8 @@ class _BackwardFunction(_FunctionBase):
     def setup_context(ctx, inputs, output):
         grad_out, x, means, cov, weights, eps, cutoff, output_mask = inputs
         ctx.save_for_backward(grad_out, x, means, cov, weights)
-        ctx.save_for_forward(grad_out, x, means, cov, weights)
+        if _forward_ad._current_level >= 0:
+            ctx.save_for_forward(grad_out, x, means, cov, weights)
         ctx.eps, ctx.cutoff, ctx.output_mask = eps, cutoff, list(output_mask)
         ctx.set_materialize_grads(False)
 
@@ -374,7 +380,7 @@ class _BackwardFunction(_FunctionBase):
     def backward(ctx, g_x, g_means, g_cov, g_weights):
         grad_out, x, means, cov, weights = ctx.saved_tensors
         mask = list(ctx.needs_input_grad[:5])
-        with _in_rule():
+        with _IN_RULE:
             outs = torch.ops.gaussfield.gaussian_field_double_backward(
                 grad_out, x, means, cov, weights, ctx.eps, ctx.cutoff, g_x, g_means, g_cov,
                 g_weights, mask)
@@ -385,7 +391,7 @@ class _BackwardFunction(_FunctionBase):
         grad_out, x, means, cov, weights = ctx.saved_tensors
         mask = ctx.output_mask
         linear = second = (None,) * 4
-        with _in_rule():
+        with _IN_RULE:
             if t_grad_out is not None:
                 linear = torch.ops.gaussfield.gaussian_field_backward(
                     t_grad_out, x, means, cov, weights, ctx.eps, ctx.cutoff, mask)
@@ -414,7 +420,7 @@ def _backward_autograd(grad_out, x, means, cov, weights, eps, cutoff, output_mas
     if not _is_factor(cov):
         return _backward_differentiable(grad_out, x, means, cov, weights, eps, cutoff,
                                         list(output_mask))
-    return _apply(_BackwardFunction, grad_out, x, means, cov, weights, eps, cutoff,
+    return _apply(_BackwardFunction, functorch, grad_out, x, means, cov, weights, eps, cutoff,
                   output_mask)
 
 
@@ -456,7 +462,7 @@ def _double_backward_autograd(grad_out, x, means, cov, weights, eps, cutoff, dir
         _check_order(2)
     if not functorch and not _needs_graph(tensors):
         return _below_autograd(torch.ops.gaussfield.gaussian_field_double_backward.default, *args)
-    return _apply(_DoubleBackwardFunction, *args)
+    return _apply(_DoubleBackwardFunction, functorch, *args)
 
 
 # ---- vmap ------------------------------------------------------------------------
