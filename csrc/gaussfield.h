@@ -67,13 +67,17 @@ typedef enum gf_dtype {
 
 /*
  * Covariance parameterisation.  gf_cov_num_params() gives the number of parameters per
- * Gaussian, i.e. the last dimension of the cov array (the enumerator's value for DIAG
- * and FULL).
+ * Gaussian, i.e. the last dimension of the cov array (the enumerator's value for DIAG,
+ * FULL and QUAT).
  *
  * GF_COV_FULL, cov [N, 6] ("cov_tril"):
  *     L = [[e^c0, 0, 0], [c1, e^c2, 0], [c3, c4, e^c5]],  Sigma = L L^T + eps * I
  * GF_COV_DIAG, cov [N, 3] ("log_scales"):
  *     Sigma = diag(e^{2 s0}, e^{2 s1}, e^{2 s2})            (eps is not used)
+ * GF_COV_QUAT, cov [N, 7] (3D Gaussian Splatting's rotation and log-scales):
+ *     (q_w, q_x, q_y, q_z, s0, s1, s2), Sigma = R(n) diag(e^{2 s}) R(n)^T with
+ *     n = q / max(|q|, 1e-12) (eps is not used): the gradient is that of the normalised
+ *     form, and q = 0 gives the identity rotation (never NaN)
  * GF_COV_WHITENED, cov [N, 9] (the whitening factor itself, a caller's own
  * parameterisation): M = [[c0, 0, 0], [c3, c4, 0], [c6, c7, c8]], the row-major 3x3
  *     matrix of which the lower triangle is read, Sigma^{-1} = M^T M (eps is not used; M
@@ -83,11 +87,12 @@ typedef enum gf_dtype {
 typedef enum gf_cov_mode {
     GF_COV_DIAG = 3,
     GF_COV_FULL = 6,
+    GF_COV_QUAT = 7,
     GF_COV_WHITENED = 0x106
 } gf_cov_mode;
 
-/* Parameters per Gaussian of a cov_mode (the last dimension of cov): 3, 6 or 9; 0 for
- * an unknown mode. */
+/* Parameters per Gaussian of a cov_mode (the last dimension of cov): 3, 6, 7 or 9; 0
+ * for an unknown mode. */
 int64_t gf_cov_num_params(gf_cov_mode mode);
 
 /*

@@ -64,7 +64,36 @@ enum { GF_L00 = 0, GF_L10 = 1, GF_L11 = 2, GF_L20 = 3, GF_L21 = 4, GF_L22 = 5 };
 
 /* Parameters per Gaussian of a cov_mode, host and device (gf_cov_num_params). */
 GF_HD int gf_cov_params(gf_cov_mode mode) {
-    return mode == GF_COV_DIAG ? 3 : mode == GF_COV_FULL ? 6 : mode == GF_COV_WHITENED ? 9 : 0;
+    return mode == GF_COV_DIAG       ? 3
+           : mode == GF_COV_FULL     ? 6
+           : mode == GF_COV_QUAT     ? 7
+           : mode == GF_COV_WHITENED ? 9
+                                     : 0;
+}
+
+/* The front-ends' parameter arrays (c, grad_c) hold this many values; a whitening
+ * factor's front-end takes its 6 lower entries. */
+#define GF_COV_MAX_PARAMS 7
+
+/* Below this |q| a quaternion is not normalised but divided by it (3DGS normalises with
+ * a floor too): q = 0 gives the identity rotation and finite gradients, never NaN. */
+#define GF_QUAT_FLOOR 1e-12
+
+/* The rotation R(n) of the unit quaternion n = q / max(|q|, floor), q = (w, x, y, z),
+ * row-major, and the scale that normalised it. */
+GF_HD void gf_quat_rotation(const double q[4], double r[9], double *norm) {
+    const double len = sqrt(q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3]);
+    *norm = len > GF_QUAT_FLOOR ? len : GF_QUAT_FLOOR;
+    const double w = q[0] / *norm, x = q[1] / *norm, y = q[2] / *norm, z = q[3] / *norm;
+    r[0] = 1.0 - 2.0 * (y * y + z * z);
+    r[1] = 2.0 * (x * y - w * z);
+    r[2] = 2.0 * (x * z + w * y);
+    r[3] = 2.0 * (x * y + w * z);
+    r[4] = 1.0 - 2.0 * (x * x + z * z);
+    r[5] = 2.0 * (y * z - w * x);
+    r[6] = 2.0 * (x * z - w * y);
+    r[7] = 2.0 * (y * z + w * x);
+    r[8] = 1.0 - 2.0 * (x * x + y * y);
 }
 
 /* Where a whitening factor's lower entries (GF_L00.. order) lie among its 9 (row-major). */
@@ -73,7 +102,7 @@ GF_HD int gf_cov_params(gf_cov_mode mode) {
 /* ---- front-ends: covariance parameters -> Sigma ----------------------------------- */
 
 /* The lower-triangular factor L of a GF_COV_FULL Gaussian from its 6 parameters. */
-GF_HD void gf_cholesky_factor(const double c[6], double l[6]) {
+GF_HD void gf_cholesky_factor(const double c[GF_COV_MAX_PARAMS], double l[6]) {
     l[GF_L00] = exp(c[0]);
     l[GF_L10] = c[1];
     l[GF_L11] = exp(c[2]);
@@ -94,8 +123,10 @@ GF_HD void gf_lower_inverse(const double m[6], double k[6]) {
 
 /* Sigma (6 unique entries) of one Gaussian from its cov_mode parameters c.
  *   full: Sigma = L L^T + eps I;   diag: Sigma = diag(e^{2 s}) (no eps);
+ *   quaternion: Sigma = R diag(e^{2 s}) R^T, R = R(q / |q|) (no eps);
  *   whitened: Sigma = K K^T, K = M^{-1} (no eps). */
-GF_HD void gf_covariance(gf_cov_mode mode, const double c[6], double eps, double s[6]) {
+GF_HD void gf_covariance(gf_cov_mode mode, const double c[GF_COV_MAX_PARAMS], double eps,
+                          double s[6]) {
     if (mode == GF_COV_WHITENED) {
         double k[6];
         gf_lower_inverse(c, k);
@@ -105,6 +136,23 @@ GF_HD void gf_covariance(gf_cov_mode mode, const double c[6], double eps, double
         s[GF_YY] = k[1] * k[1] + k[2] * k[2];
         s[GF_YZ] = k[1] * k[3] + k[2] * k[4];
         s[GF_ZZ] = k[3] * k[3] + k[4] * k[4] + k[5] * k[5];
+        return;
+    }
+    if (mode == GF_COV_QUAT) {
+        double r[9], norm;
+        gf_quat_rotation(c, r, &norm);
+        const double d[3] = {exp(2.0 * c[4]), exp(2.0 * c[5]), exp(2.0 * c[6])};
+        double full[3][3];
+        for (int i = 0; i < 3; ++i)
+            for (int j = 0; j < 3; ++j)
+                full[i][j] = r[3 * i] * d[0] * r[3 * j] + r[3 * i + 1] * d[1] * r[3 * j + 1] +
+                             r[3 * i + 2] * d[2] * r[3 * j + 2];
+        s[GF_XX] = full[0][0];
+        s[GF_YY] = full[1][1];
+        s[GF_ZZ] = full[2][2];
+        s[GF_XY] = 0.5 * (full[0][1] + full[1][0]);
+        s[GF_XZ] = 0.5 * (full[0][2] + full[2][0]);
+        s[GF_YZ] = 0.5 * (full[1][2] + full[2][1]);
         return;
     }
     if (mode == GF_COV_DIAG) {
@@ -129,7 +177,8 @@ GF_HD void gf_covariance(gf_cov_mode mode, const double c[6], double eps, double
  * straight from the parameters.  Full with eps: Cholesky of Sigma in double.  A Sigma
  * that is not positive definite in double gives NaN entries (never the case for
  * finite parameters: Sigma = L L^T + eps I with L's diagonal > 0). */
-GF_HD void gf_whitening(gf_cov_mode mode, const double c[6], double eps, double m[6]) {
+GF_HD void gf_whitening(gf_cov_mode mode, const double c[GF_COV_MAX_PARAMS], double eps,
+                         double m[6]) {
     if (mode == GF_COV_WHITENED) {
         for (int k = 0; k < 6; ++k) m[k] = c[k];
         return;
@@ -142,7 +191,7 @@ GF_HD void gf_whitening(gf_cov_mode mode, const double c[6], double eps, double 
         return;
     }
     double k[6]; /* chol(Sigma) */
-    if (eps == 0.0) {
+    if (mode == GF_COV_FULL && eps == 0.0) {
         gf_cholesky_factor(c, k);
     } else {
         double s[6];
@@ -163,8 +212,53 @@ GF_HD void gf_whitening(gf_cov_mode mode, const double c[6], double eps, double 
  * as the derivative with respect to each of its 9 entries, symmetric).
  *   full: grad_L = 2 grad_Sigma L, then d L_ii / d c = L_ii on the diagonal;
  *   diag: grad_s_i = 2 grad_Sigma_ii Sigma_ii. */
-GF_HD void gf_covariance_vjp(gf_cov_mode mode, const double c[6], const double gs[6],
-                             double grad_c[6]) {
+GF_HD void gf_covariance_vjp(gf_cov_mode mode, const double c[GF_COV_MAX_PARAMS],
+                             const double gs[6], double grad_c[GF_COV_MAX_PARAMS]) {
+    if (mode == GF_COV_QUAT) {
+        /* Sigma = R D R^T: grad_R = 2 G R D, grad_s_i = 2 D_ii (R^T G R)_ii; then through
+         * R(n) (quadratic in n) and n = q / max(|q|, floor) */
+        double r[9], norm;
+        gf_quat_rotation(c, r, &norm);
+        const double d[3] = {exp(2.0 * c[4]), exp(2.0 * c[5]), exp(2.0 * c[6])};
+        const double g[3][3] = {{gs[GF_XX], gs[GF_XY], gs[GF_XZ]},
+                                {gs[GF_XY], gs[GF_YY], gs[GF_YZ]},
+                                {gs[GF_XZ], gs[GF_YZ], gs[GF_ZZ]}};
+        double gr[9], gtr[3][3]; /* grad_R, and G R */
+        for (int i = 0; i < 3; ++i)
+            for (int j = 0; j < 3; ++j) {
+                double acc = 0.0;
+                for (int k = 0; k < 3; ++k) acc += g[i][k] * r[3 * k + j];
+                gtr[i][j] = acc;
+                gr[3 * i + j] = 2.0 * acc * d[j];
+            }
+        for (int j = 0; j < 3; ++j) {
+            double acc = 0.0; /* (R^T G R)_jj */
+            for (int i = 0; i < 3; ++i) acc += r[3 * i + j] * gtr[i][j];
+            grad_c[4 + j] = 2.0 * d[j] * acc;
+        }
+        const double w = c[0] / norm, x = c[1] / norm, y = c[2] / norm, z = c[3] / norm;
+        /* d R / d n, row-major, for n = w, x, y, z */
+        const double dw[9] = {0, -2 * z, 2 * y, 2 * z, 0, -2 * x, -2 * y, 2 * x, 0};
+        const double dx[9] = {0, 2 * y, 2 * z, 2 * y, -4 * x, -2 * w, 2 * z, 2 * w, -4 * x};
+        const double dy[9] = {-4 * y, 2 * x, 2 * w, 2 * x, 0, 2 * z, -2 * w, 2 * z, -4 * y};
+        const double dz[9] = {-4 * z, -2 * w, 2 * x, 2 * w, -4 * z, 2 * y, 2 * x, 2 * y, 0};
+        double gn[4] = {0.0, 0.0, 0.0, 0.0};
+        for (int e = 0; e < 9; ++e) {
+            gn[0] += gr[e] * dw[e];
+            gn[1] += gr[e] * dx[e];
+            gn[2] += gr[e] * dy[e];
+            gn[3] += gr[e] * dz[e];
+        }
+        /* n = q / |q| above the floor: grad_q = (grad_n - n (n . grad_n)) / |q|;
+         * below it n = q / floor: grad_q = grad_n / floor */
+        const double len2 = c[0] * c[0] + c[1] * c[1] + c[2] * c[2] + c[3] * c[3];
+        const double n[4] = {w, x, y, z};
+        const double dot = len2 > GF_QUAT_FLOOR * GF_QUAT_FLOOR
+                               ? n[0] * gn[0] + n[1] * gn[1] + n[2] * gn[2] + n[3] * gn[3]
+                               : 0.0;
+        for (int k = 0; k < 4; ++k) grad_c[k] = (gn[k] - n[k] * dot) / norm;
+        return;
+    }
     if (mode == GF_COV_DIAG) {
         grad_c[0] = 2.0 * gs[GF_XX] * exp(2.0 * c[0]);
         grad_c[1] = 2.0 * gs[GF_YY] * exp(2.0 * c[1]);
@@ -207,9 +301,9 @@ GF_HD void gf_lower_t_mul_vec(const double m[6], const double x[3], double y[3])
  * then the front-end's gf_covariance_vjp.  The pair sums already carry t = G w.
  * Either output may be NULL (not wanted).
  */
-GF_HD void gf_gaussian_vjp(gf_cov_mode mode, const double c[6], double eps,
+GF_HD void gf_gaussian_vjp(gf_cov_mode mode, const double c[GF_COV_MAX_PARAMS], double eps,
                            const double sums[GF_NUM_SUMS], double grad_mean[3],
-                           double grad_c[6]) {
+                           double grad_c[GF_COV_MAX_PARAMS]) {
     if (!grad_mean && !grad_c) return;
     double m[6];
     gf_whitening(mode, c, eps, m);

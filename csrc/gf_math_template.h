@@ -158,8 +158,9 @@ GF_HD GF_T GF_TYPE(gf_narrow)(double v) {
 
 /* The front-end's 6 parameters of one Gaussian: its cov_mode values `stride` apart (a
  * whitening factor's lower entries out of its 9). */
-GF_HD void GF_FN(gf_cov_load)(gf_cov_mode mode, const GF_T *cov, int64_t stride, double c[6]) {
-    for (int k = 0; k < 6; ++k) c[k] = 0.0;
+GF_HD void GF_FN(gf_cov_load)(gf_cov_mode mode, const GF_T *cov, int64_t stride,
+                              double c[GF_COV_MAX_PARAMS]) {
+    for (int k = 0; k < GF_COV_MAX_PARAMS; ++k) c[k] = 0.0;
     if (mode == GF_COV_WHITENED) {
         for (int e = 0; e < 6; ++e) c[e] = (double)cov[GF_WHITENED_AT(e) * stride];
         return;
@@ -174,7 +175,7 @@ GF_HD void GF_FN(gf_record_init)(GF_TYPE(gf_record) *r,
                                  const GF_T *mean, int64_t mean_stride, /* [3] */
                                  const GF_T *cov, int64_t cov_stride,   /* [cov_mode] */
                                  GF_T weight, gf_cov_mode mode, double eps, double cutoff) {
-    double c[6];
+    double c[GF_COV_MAX_PARAMS];
     GF_FN(gf_cov_load)(mode, cov, cov_stride, c);
     double m[6];
     gf_whitening(mode, c, eps, m);
@@ -319,7 +320,7 @@ GF_HD void GF_FN(gf_pair_terms_add)(GF_T *s, const GF_TYPE(gf_pair_terms) *c) {
 
 /* A gradient of the front-end's 6 parameters written as the cov_mode's row (a whitening
  * factor's: 9 entries, 0 above the diagonal). */
-GF_HD void GF_FN(gf_cov_store)(gf_cov_mode mode, const double g[6], GF_T *row) {
+GF_HD void GF_FN(gf_cov_store)(gf_cov_mode mode, const double g[GF_COV_MAX_PARAMS], GF_T *row) {
     if (mode == GF_COV_WHITENED) {
         for (int k = 0; k < 9; ++k) row[k] = (GF_T)0;
         for (int e = 0; e < 6; ++e) row[GF_WHITENED_AT(e)] = (GF_T)g[e];
@@ -338,11 +339,11 @@ GF_HD void GF_FN(gf_gaussian_vjp_store)(const double sums[GF_NUM_SUMS], double s
                                         GF_T *grad_mean,    /* [3] or NULL */
                                         GF_T *grad_cov)     /* [cov_mode] or NULL */ {
     if (!grad_mean && !grad_cov) return;
-    double c[6];
+    double c[GF_COV_MAX_PARAMS];
     GF_FN(gf_cov_load)(mode, cov, cov_stride, c);
     double sc[GF_NUM_SUMS];
     for (int k = 0; k < GF_NUM_SUMS; ++k) sc[k] = scale * sums[k];
-    double gm[3], gc[6];
+    double gm[3], gc[GF_COV_MAX_PARAMS];
     gf_gaussian_vjp(mode, c, eps, sc, grad_mean ? gm : 0, grad_cov ? gc : 0);
     if (grad_mean)
         for (int k = 0; k < 3; ++k) grad_mean[k] = (GF_T)gm[k];
@@ -488,7 +489,7 @@ GF_HD void GF_FN(gf_second_gaussian_store)(const double sums[GF_NUM_SUMS2],
     }
     if (grad_cov) {
         const double dm[3] = {a->dmx, a->dmy, a->dmz};
-        double g[6];
+        double g[GF_COV_MAX_PARAMS] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
         int e = 0;
         for (int i = 0; i < 3; ++i)
             for (int j = 0; j <= i; ++j, ++e)

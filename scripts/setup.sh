@@ -13,6 +13,7 @@ have numpy || missing+=("numpy")
 have pytest || missing+=("pytest")
 have hypothesis || missing+=("hypothesis")
 have matplotlib || missing+=("matplotlib")  # the pictures of the example and the benchmark
+have plyfile || missing+=("plyfile")  # gaussfield.io's 3DGS scene reader
 have tqdm || missing+=("tqdm")  # the training example's progress bar
 have scikit_build_core || missing+=("scikit-build-core>=0.10")
 command -v ninja >/dev/null 2>&1 || have ninja || missing+=("ninja")

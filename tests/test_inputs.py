@@ -22,7 +22,7 @@ def good(mode="full", dtype=torch.float64, device="cpu"):
         (1, torch.rand(4, 2), r"means must have shape \[N, 3\], got \[4, 2\]"),
         (1, torch.rand(4), r"means must have shape \[N, 3\], got \[4\]"),
         (2, torch.rand(4, 5), r"cov must have shape \[N, 6\] \(full covariance, cov_tril\), \[N, 3\] "
-                              r"\(diagonal, log_scales\) or \[N, 3, 3\]"),
+                              r"\(diagonal, log_scales\), \[N, 7\] \(rotation quaternion .* or \[N, 3, 3\]"),
         (2, torch.rand(4, 3, 2), r"cov must have shape .* or \[N, 3, 3\] \(a whitening factor"),
         (2, torch.rand(3, 6), r"cov must have N = 4 rows as in means, got \[3, 6\]"),
         (3, torch.rand(5), r"weights must have shape \[N\] or \[N, C\] with N = 4 as in means, got \[5\]"),

@@ -68,9 +68,11 @@ Problem make_problem(const at::Tensor& x, const at::Tensor& means, const at::Ten
               means.sizes());
   const int64_t n = means.size(0);
   const bool whitened = is_whitening_factor(cov);
-  TORCH_CHECK(whitened || (cov.dim() == 2 && (cov.size(1) == 6 || cov.size(1) == 3)),
+  TORCH_CHECK(whitened || (cov.dim() == 2 && (cov.size(1) == 6 || cov.size(1) == 3 ||
+                                                cov.size(1) == 7)),
               "cov must have shape [N, 6] (full covariance, cov_tril), [N, 3] (diagonal, "
-              "log_scales) or [N, 3, 3] (a whitening factor M, lower triangular, with "
+              "log_scales), [N, 7] (rotation quaternion and log-scales, as 3D Gaussian "
+              "Splatting) or [N, 3, 3] (a whitening factor M, lower triangular, with "
               "Sigma^-1 = M^T M), got ",
               cov.sizes());
   TORCH_CHECK(cov.size(0) == n, "cov must have N = ", n, " rows as in means, got ",
@@ -105,7 +107,10 @@ Problem make_problem(const at::Tensor& x, const at::Tensor& means, const at::Ten
   gf_params& p = prob.params;
   p = gf_params{};
   p.dtype = to_gf_dtype(x.scalar_type());
-  p.cov_mode = whitened ? GF_COV_WHITENED : cov.size(1) == 6 ? GF_COV_FULL : GF_COV_DIAG;
+  p.cov_mode = whitened            ? GF_COV_WHITENED
+               : cov.size(1) == 6  ? GF_COV_FULL
+               : cov.size(1) == 7  ? GF_COV_QUAT
+                                   : GF_COV_DIAG;
   p.eps = eps;
   p.cutoff = cutoff.has_value() ? *cutoff : 0.0;  // 0: no cutoff
   p.num_points = prob.x2d.size(0);

@@ -17,9 +17,10 @@ the covariance parameterisations (``cov_tril``, ``log_scales``) are front-ends t
 ``cov`` to ``M``.  First-order reverse mode runs fused: the ops apply the front-end and
 its derivative inside the kernels.  Everything of higher order (``create_graph=True``,
 forward mode, ``torch.func.grad`` / ``jacrev`` / ``jacfwd`` / ``hessian``) takes the
-front-end in plain PyTorch (:func:`whitening_factor`, differentiable to any order by
-PyTorch itself) and the ops in the whitened form, whose derivatives are the three ops
-above: forward -> backward -> double backward.  Third derivatives raise.
+front-end in plain PyTorch (:func:`gaussfield.frontends.whitening_factor`,
+differentiable to any order by PyTorch itself) and the ops in the whitened form, whose
+derivatives are the three ops above: forward -> backward -> double backward.  Third
+derivatives raise.
 
 The Autograd kernels are single-level autograd functions (PyTorch's own mechanism for
 functorch-aware functions, private API, guarded below): registered for every call
@@ -34,6 +35,7 @@ import threading
 import torch
 import torch.autograd.forward_ad as _forward_ad
 
+from .frontends import _factor_dtype, _is_factor, whitening_factor
 from .ops import DEFAULT_EPS
 
 _FORWARD = "gaussfield::gaussian_field"
@@ -85,8 +87,8 @@ def _check_inputs_fake(x, means, cov, weights, cutoff):
     torch._check(means.dim() == 2 and means.shape[1] == 3,
                  lambda: f"means must have shape [N, 3], got {tuple(means.shape)}")
     whitened = cov.dim() == 3 and cov.shape[1] == 3 and cov.shape[2] == 3
-    torch._check(whitened or (cov.dim() == 2 and cov.shape[1] in (3, 6)),
-                 lambda: f"cov must have shape [N, 6], [N, 3] or [N, 3, 3], got {tuple(cov.shape)}")
+    torch._check(whitened or (cov.dim() == 2 and cov.shape[1] in (3, 6, 7)),
+                 lambda: f"cov must have shape [N, 6], [N, 3], [N, 7] or [N, 3, 3], got {tuple(cov.shape)}")
     torch._check(cov.shape[0] == means.shape[0], lambda: "cov and means disagree on N")
     torch._check(weights.dim() in (1, 2), lambda: "weights must have shape [N] or [N, C]")
     torch._check(weights.shape[0] == means.shape[0], lambda: "weights and means disagree on N")
@@ -128,46 +130,6 @@ def _gaussian_field_double_backward_fake(grad_out, x, means, cov, weights, eps, 
 
 
 # ---- the front-end in PyTorch -------------------------------------------------------
-
-
-def _is_factor(cov):
-    return cov.dim() == 3
-
-
-def _factor_dtype(cov, *others):
-    """The dtype a whitening factor is handed to the ops in: cov's where it is float32 or
-    float64, else (float16 / bfloat16) float64 beside a float64 input, float32 otherwise
-    (the ops' own promotion)."""
-    if cov.dtype in (torch.float32, torch.float64):
-        return cov.dtype
-    return torch.float64 if any(t.dtype == torch.float64 for t in others) else torch.float32
-
-
-def whitening_factor(cov, eps=DEFAULT_EPS):
-    """The whitening factor ``M`` (``[N, 3, 3]``, lower triangular, ``Sigma^-1 = M^T M``)
-    of the op's covariance parameters, in plain PyTorch and in float64, differentiable to
-    any order: ``cov_tril`` ``[N, 6]`` (``Sigma = L L^T + eps I``, ``M = chol(Sigma)^-1``)
-    or ``log_scales`` ``[N, 3]`` (``M = diag(e^-s)``); a ``[N, 3, 3]`` factor is returned
-    as it is.  The kernels compute the same ``M`` in C (to float64 rounding)."""
-    if _is_factor(cov):
-        return cov
-    c = cov.double()
-    if c.shape[-1] == 3:
-        return torch.diag_embed(torch.exp(-c))
-    zero = torch.zeros_like(c[:, 0])
-    L = torch.stack(
-        [
-            torch.stack([torch.exp(c[:, 0]), zero, zero], dim=-1),
-            torch.stack([c[:, 1], torch.exp(c[:, 2]), zero], dim=-1),
-            torch.stack([c[:, 3], c[:, 4], torch.exp(c[:, 5])], dim=-1),
-        ],
-        dim=-2,
-    )
-    if eps != 0.0:
-        eye = torch.eye(3, dtype=c.dtype, device=c.device)
-        L = torch.linalg.cholesky(L @ L.transpose(-2, -1) + eps * eye)
-    eye = torch.eye(3, dtype=c.dtype, device=c.device).expand_as(L)
-    return torch.linalg.solve_triangular(L, eye, upper=False)
 
 
 def _whitened(x, means, cov, weights, eps):

@@ -37,13 +37,21 @@ def gaussian_field(
     Args:
         x: query points ``[..., 3]``. A 1-D ``[3]`` gives a 0-d result.
         means: ``[N, 3]``.
-        cov: covariance parameters, ``[N, 6]`` or ``[N, 3]``:
+        cov: covariance parameters, told apart by their shape:
 
             * ``[N, 6]`` (full, the notebook's ``cov_tril``):
               ``L = [[e^c0, 0, 0], [c1, e^c2, 0], [c3, c4, e^c5]]``,
               ``Sigma = L L^T + eps * I``.
             * ``[N, 3]`` (diagonal, the notebook's ``log_scales``):
               ``Sigma = diag(e^{2 s})``; ``eps`` is not used.
+            * ``[N, 7]`` (3D Gaussian Splatting's rotation and scales,
+              ``(q_w, q_x, q_y, q_z, s_0, s_1, s_2)``):
+              ``Sigma = R(q / |q|) diag(e^{2 s}) R(q / |q|)^T``; the quaternion is
+              normalised inside the op (its gradient is that of the normalised form),
+              and a zero quaternion is the identity rotation; ``eps`` is not used.
+            * ``[N, 3, 3]`` (your own parameterisation): the whitening factor ``M``,
+              lower triangular, ``Sigma^-1 = M^T M``; entries above the diagonal are
+              ignored (zero gradient); ``eps`` is not used.
         weights: ``[N]``, or ``[N, C]`` for C feature channels (one exponential shared
             by the channels); raw (no normalisation constant).
         eps: added to the diagonal of Sigma in the full parameterisation; finite, >= 0.
@@ -76,8 +84,9 @@ def gaussian_field(
     float64, all alike; where an input is float16 or bfloat16 the op computes in float32
     (float64 if another input is float64) and returns ``x``'s dtype, each gradient in its
     input's dtype.  Under ``torch.autocast`` the result is float32 (float64 where an
-    input is float64). Differentiable with respect to all four tensors (first
-    order); only the gradients that autograd asks for are computed.
+    input is float64). Differentiable twice with respect to all four tensors, in
+    reverse mode, forward mode and under ``torch.func`` (third derivatives raise);
+    only the gradients that autograd asks for are computed.
     """
     if cutoff is not None:
         cutoff = _check_cutoff(cutoff)

@@ -184,11 +184,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const uint64_t flags = take(&in, 4);
     gf_params p;
     memset(&p, 0, sizeof p);
-    const int dtype_code = (int)(flags % 3), mode_code = (int)((flags >> 2) % 4);
+    const int dtype_code = (int)(flags % 3), mode_code = (int)((flags >> 2) % 5);
     p.dtype = dtype_code == 2 ? (gf_dtype)7 : (gf_dtype)dtype_code;
     p.cov_mode = mode_code == 0   ? GF_COV_DIAG
                  : mode_code == 1 ? GF_COV_FULL
                  : mode_code == 3 ? GF_COV_WHITENED
+                 : mode_code == 4 ? GF_COV_QUAT
                                   : (gf_cov_mode)5;
     if ((flags >> 4) & 1) {
         uint64_t bits = take(&in, 8);
@@ -213,7 +214,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     p.num_gaussians = N;
     p.num_channels = C;
     const int64_t Bp = B > 0 ? B : 0, Np = N > 0 ? N : 0, Cp = C > 0 ? C : 0;
-    const int cov_cols = mode_code == 3 ? 9 : p.cov_mode == GF_COV_FULL ? 6 : 3;
+    const int cov_cols = mode_code == 3 ? 9 : mode_code == 4 ? 7 : p.cov_mode == GF_COV_FULL ? 6 : 3;
     const int layouts = (int)take(&in, 2);
     const layout lx = make_layout(layouts, Bp, 3), lm = make_layout(layouts / 6, Np, 3),
                  lc = make_layout(layouts / 36, Np, cov_cols),

@@ -1,0 +1,68 @@
+"""The covariance front-ends in plain PyTorch: the whitening factor ``M`` of each
+parameterisation the op takes, differentiable to any order by PyTorch itself.
+
+The ops compute the same ``M`` in C, in double, once per Gaussian, with their own first
+derivatives (csrc/gf_math.h); these are what the higher-order paths of
+:mod:`gaussfield.autograd` differentiate instead (``create_graph=True``, forward mode,
+``torch.func``), so that no second derivative of a parameterisation is written by hand.
+"""
+import torch
+
+from .ops import DEFAULT_EPS
+
+def _is_factor(cov):
+    return cov.dim() == 3
+
+
+def _factor_dtype(cov, *others):
+    """The dtype a whitening factor is handed to the ops in: cov's where it is float32 or
+    float64, else (float16 / bfloat16) float64 beside a float64 input, float32 otherwise
+    (the ops' own promotion)."""
+    if cov.dtype in (torch.float32, torch.float64):
+        return cov.dtype
+    return torch.float64 if any(t.dtype == torch.float64 for t in others) else torch.float32
+
+
+def whitening_factor(cov, eps=DEFAULT_EPS):
+    """The whitening factor ``M`` (``[N, 3, 3]``, lower triangular, ``Sigma^-1 = M^T M``)
+    of the op's covariance parameters, in plain PyTorch and in float64, differentiable to
+    any order: ``cov_tril`` ``[N, 6]`` (``Sigma = L L^T + eps I``, ``M = chol(Sigma)^-1``),
+    ``log_scales`` ``[N, 3]`` (``M = diag(e^-s)``) or the 3DGS form ``[N, 7]``
+    (``Sigma = R(q / |q|) diag(e^2s) R^T``, ``M = chol(Sigma)^-1``); a ``[N, 3, 3]``
+    factor is returned as it is.  The kernels compute the same ``M`` in C (to float64
+    rounding)."""
+    if _is_factor(cov):
+        return cov
+    c = cov.double()
+    if c.shape[-1] == 3:
+        return torch.diag_embed(torch.exp(-c))
+    eye = torch.eye(3, dtype=c.dtype, device=c.device)
+    if c.shape[-1] == 7:
+        R = quaternion_rotation(c[:, :4])
+        sigma = (R * torch.exp(2 * c[:, None, 4:])) @ R.mT
+        K = torch.linalg.cholesky(0.5 * (sigma + sigma.mT))
+        return torch.linalg.solve_triangular(K, eye.expand_as(K), upper=False)
+    zero = torch.zeros_like(c[:, 0])
+    L = torch.stack(
+        [
+            torch.stack([torch.exp(c[:, 0]), zero, zero], dim=-1),
+            torch.stack([c[:, 1], torch.exp(c[:, 2]), zero], dim=-1),
+            torch.stack([c[:, 3], c[:, 4], torch.exp(c[:, 5])], dim=-1),
+        ],
+        dim=-2,
+    )
+    if eps != 0.0:
+        L = torch.linalg.cholesky(L @ L.mT + eps * eye)
+    return torch.linalg.solve_triangular(L, eye.expand_as(L), upper=False)
+
+
+def quaternion_rotation(q):
+    """R(q / max(|q|, 1e-12)) ``[N, 3, 3]`` of quaternions ``(w, x, y, z)`` ``[N, 4]``, as
+    the C front-end computes it (a zero quaternion gives the identity)."""
+    n = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    w, x, y, z = n.unbind(-1)
+    return torch.stack([
+        torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
+        torch.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
+        torch.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1),
+    ], -2)
