@@ -52,3 +52,15 @@ gf_status gf_check_params(const gf_params *p) {
         return GF_ERR_BAD_SIZE;
     return GF_OK;
 }
+
+gf_status gf_check_second_params(const gf_params *p) {
+    const gf_status st = gf_check_params(p);
+    if (st != GF_OK) return st;
+    if (p->cov_mode != GF_COV_WHITENED) return GF_ERR_BAD_COV_MODE;
+    const int64_t *strides[4] = {p->dir_x_stride, p->dir_means_stride, p->dir_cov_stride,
+                                 p->dir_weights_stride};
+    const void *dirs[4] = {p->dir_x, p->dir_means, p->dir_cov, p->dir_weights};
+    for (int i = 0; i < 4; ++i)
+        if (dirs[i] && (strides[i][0] < 0 || strides[i][1] < 0)) return GF_ERR_BAD_SIZE;
+    return GF_OK;
+}

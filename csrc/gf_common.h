@@ -14,6 +14,10 @@ extern "C" {
 /* The checks every stage shares: dtype, cov_mode, eps, cutoff, sizes and strides. */
 gf_status gf_check_params(const gf_params *params);
 
+/* gf_check_params, and what the double backward's stages add: a whitening factor
+ * (GF_COV_WHITENED) and non-negative strides of the directions that are given. */
+gf_status gf_check_second_params(const gf_params *params);
+
 #ifdef __cplusplus
 }
 #endif

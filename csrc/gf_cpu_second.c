@@ -22,17 +22,10 @@
 #undef GF_TYPE
 #undef GF_FN
 
-/* What both stages check: the common checks, the whitened mode, the direction's strides
- * and a range within [0, size). */
+/* What both stages check: gf_check_second_params and a range within [0, size]. */
 static gf_status check_second(const gf_params *p, int64_t begin, int64_t end, int64_t size) {
-    gf_status st = gf_check_params(p);
+    const gf_status st = gf_check_second_params(p);
     if (st != GF_OK) return st;
-    if (p->cov_mode != GF_COV_WHITENED) return GF_ERR_BAD_COV_MODE;
-    const int64_t *strides[4] = {p->dir_x_stride, p->dir_means_stride, p->dir_cov_stride,
-                                 p->dir_weights_stride};
-    const void *dirs[4] = {p->dir_x, p->dir_means, p->dir_cov, p->dir_weights};
-    for (int i = 0; i < 4; ++i)
-        if (dirs[i] && (strides[i][0] < 0 || strides[i][1] < 0)) return GF_ERR_BAD_SIZE;
     if (!(begin >= 0 && begin <= end && end <= size)) return GF_ERR_BAD_SIZE;
     return GF_OK;
 }

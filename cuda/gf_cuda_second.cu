@@ -237,14 +237,8 @@ SecondLayout second_layout(const gf_params &p) {
 }
 
 gf_status check_second(const gf_params *p) {
-    gf_status st = gf_check_params(p);
+    const gf_status st = gf_check_second_params(p);
     if (st != GF_OK) return st;
-    if (p->cov_mode != GF_COV_WHITENED) return GF_ERR_BAD_COV_MODE;
-    const int64_t *strides[4] = {p->dir_x_stride, p->dir_means_stride, p->dir_cov_stride,
-                                 p->dir_weights_stride};
-    const void *dirs[4] = {p->dir_x, p->dir_means, p->dir_cov, p->dir_weights};
-    for (int i = 0; i < 4; ++i)
-        if (dirs[i] && (strides[i][0] < 0 || strides[i][1] < 0)) return GF_ERR_BAD_SIZE;
     const bool points = p->num_points > 0, gaussians = p->num_gaussians > 0;
     if (points && !p->x) return GF_ERR_NULL_POINTER;
     if (gaussians && (!p->means || !p->cov || !p->weights)) return GF_ERR_NULL_POINTER;
