@@ -20,20 +20,14 @@ import argparse
 import datetime as _dt
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 import gaussfield
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import is_oom  # noqa: E402
-
-
-def device_name(device):
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+from gaussfield._devices import device_name, slug
+from bench import is_oom  # benchmarks/bench.py, beside this script
 
 
 def make(B, N, device, seed=0):
@@ -161,8 +155,7 @@ def main():
     print(md)
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        slug = env["device"].lower().replace(" ", "-")
-        stem = Path(args.out) / f"autodiff-{slug}-{env['date']}"
+        stem = Path(args.out) / f"autodiff-{slug(device)}-{env['date']}"
         stem.with_suffix(".json").write_text(json.dumps({"env": env, "rows": rows}, indent=1))
         stem.with_suffix(".md").write_text(md)
         print(f"wrote {stem}.json and {stem}.md")

@@ -280,6 +280,15 @@ def _backward_differentiable(grad_out, x, means, cov, weights, eps, cutoff, mask
             grad_out, x, means, _whitened(x, means, cov, weights, eps), weights, eps, cutoff,
             mask)
         return gx, gm, None, gw
+    if not _differentiating(_functorch_transforms()) and cov.requires_grad:
+        # plain autograd (create_graph=True): the front-end's VJP by autograd.grad, which
+        # costs less host time than torch.func.vjp's level
+        with torch.enable_grad():
+            M = _whitened(x, means, cov, weights, eps)
+        gx, gm, gM, gw = torch.ops.gaussfield.gaussian_field_backward(
+            grad_out, x, means, M, weights, eps, cutoff, mask)
+        (gc,) = torch.autograd.grad(M, cov, gM, create_graph=True)
+        return gx, gm, gc, gw
     with torch.enable_grad():
         M, front_vjp = torch.func.vjp(lambda c: _whitened(x, means, c, weights, eps), cov)
     gx, gm, gM, gw = torch.ops.gaussfield.gaussian_field_backward(
