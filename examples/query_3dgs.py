@@ -27,6 +27,7 @@ import torch
 
 import gaussfield
 import gaussfield.io as gio
+from cli import cutoff_arg  # examples/cli.py, beside this script
 
 AXES = {"x": 0, "y": 1, "z": 2}
 
@@ -77,7 +78,10 @@ def main(argv=None):
     ap.add_argument("--out", default="query-3dgs", help="output directory")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    cutoff = None if args.cutoff.lower() == "none" else gaussfield.ops._check_cutoff(float(args.cutoff))
+    try:
+        cutoff = cutoff_arg(args.cutoff)
+    except ValueError as e:
+        ap.error(f"--cutoff: {e}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ply = args.ply

@@ -49,6 +49,7 @@ from torch.nn.parallel import DistributedDataParallel
 import gaussfield
 from gaussfield.distributed import ShardedGaussianField
 from gaussfield._devices import device_name
+from cli import cutoff_arg  # examples/cli.py, beside this script
 from phantom import grid_points, target_from_args  # examples/phantom.py, beside this script
 
 VOLUME = 10.0  # the notebook's volume_size, as in train_end_to_end.py
@@ -110,13 +111,10 @@ def parse_args(argv=None, world_size=1, rank=0):
         if getattr(args, key) is None:
             setattr(args, key, value)
     if isinstance(args.cutoff, str):
-        if args.cutoff.lower() == "none":
-            args.cutoff = None
-        else:
-            try:
-                args.cutoff = gaussfield.ops._check_cutoff(float(args.cutoff))
-            except ValueError as e:
-                fail(f"--cutoff: {e}")
+        try:
+            args.cutoff = cutoff_arg(args.cutoff)
+        except ValueError as e:
+            fail(f"--cutoff: {e}")
     for key in ("gaussians", "batch", "steps"):
         if getattr(args, key) < 1:
             fail(f"--{key} must be at least 1, got {getattr(args, key)}")

@@ -49,6 +49,7 @@ from tqdm import tqdm
 import gaussfield
 from gaussfield._devices import device_name, slug
 from gaussfield.notebook import FastLearnableGaussianField, LearnableGaussianField
+from cli import cutoff_arg  # examples/cli.py, beside this script
 from phantom import grid_points, target_from_args  # examples/phantom.py, beside this script
 
 VOLUME = 10.0  # the notebook's volume_size
@@ -232,13 +233,10 @@ def parse_args(argv=None):
         if getattr(args, key) is None:
             setattr(args, key, value)
     if isinstance(args.cutoff, str):
-        if args.cutoff.lower() == "none":
-            args.cutoff = None
-        else:
-            try:
-                args.cutoff = gaussfield.ops._check_cutoff(float(args.cutoff))
-            except ValueError as e:
-                ap.error(f"--cutoff: {e}")
+        try:
+            args.cutoff = cutoff_arg(args.cutoff)
+        except ValueError as e:
+            ap.error(f"--cutoff: {e}")
     if args.cutoff is not None and args.impl != "fused":
         if cutoff_given:
             ap.error("--cutoff needs --impl fused (the notebook's forward has no cutoff)")
