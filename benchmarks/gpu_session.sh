@@ -37,6 +37,10 @@
 # cullprof  benchmarks/profile_cull.py: kernel times of the culled path, cell-size sweep
 # cullbench benchmarks/bench_cull.py, cases $CULL_CASES (default big,mid,giant,small; add
 #           trained after culltrain), KeOps from .whl/ as in keopscheck
+# pkg       the installed package (sm_90 build) into $OUT/pkg.tgz, to carry into a later
+#           call as .gpubuild/ (see prebuilt) instead of building again
+# prebuilt  use .gpubuild/gaussfield (carried) instead of building: PYTHONPATH
+# dist      benchmarks/bench_distributed.py over every GPU seen (DIST_ARGS for more)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gaussfield-out}
@@ -87,10 +91,26 @@ for s in $stages; do
   case $s in
   build)
     stage build
-    rm -rf build  # a warm machine keeps it, compiler choices and all
+    rm -rf build/cp3*  # a warm machine keeps it, compiler choices and all (build/ptx80 apart)
     run make install > "$OUT/build.log" || { tail -60 "$OUT/build.log"; exit 1; }
     rm -f "$OUT/build.log"
     python3 -c "import torch, gaussfield; assert torch._C._dispatch_has_kernel_for_dispatch_key('gaussfield::gaussian_field', 'CUDA'), 'no CUDA kernels'; print('CUDA kernels registered')" || exit 1
+    ;;
+  pkg)
+    stage pkg
+    dir=$(python3 -c "import gaussfield, os; print(os.path.dirname(gaussfield.__file__))")
+    tar czf "$OUT/pkg.tgz" --exclude=__pycache__ -C "$(dirname "$dir")" gaussfield && ls -la "$OUT/pkg.tgz"
+    ;;
+  prebuilt)
+    stage prebuilt
+    export PYTHONPATH=$PWD/.gpubuild${PYTHONPATH:+:$PYTHONPATH}
+    python3 -c "import torch, gaussfield; print('from', gaussfield.__file__); assert torch._C._dispatch_has_kernel_for_dispatch_key('gaussfield::gaussian_field', 'CUDA'), 'no CUDA kernels'" || exit 1
+    ;;
+  dist)
+    stage dist
+    nvidia-smi topo -m
+    env | grep -E "^(NCCL|TORCH_SYMM|NVSHMEM)" || true
+    run python3 benchmarks/bench_distributed.py --out "$OUT/results" --work "$OUT/work" ${DIST_ARGS:-}
     ;;
   diag)
     stage diag
@@ -241,7 +261,7 @@ PY
     run python3 -m pytest -q -p no:cacheprovider tests/test_culling.py tests/test_cutoff.py \
       tests/test_cuda_graphs.py tests/test_autodiff.py tests/test_vmap.py tests/test_channels.py \
       tests/test_low_precision.py tests/test_cuda.py tests/test_gradcheck.py tests/test_inputs.py \
-      -k cuda > "$OUT/pytest-cull.txt" || tail -60 "$OUT/pytest-cull.txt"
+      tests/test_quaternion.py -k cuda > "$OUT/pytest-cull.txt" || tail -60 "$OUT/pytest-cull.txt"
     grep -E "passed|failed|Error|error" "$OUT/pytest-cull.txt" | tail -30
     ;;
   cullbench)
@@ -278,13 +298,26 @@ PY
     stage ptx80
     # any CUDA card: the kernels built from PTX for compute capability 8.0 alone (the
     # driver compiles them for this GPU at load), installed apart, then the CUDA tests
-    CMAKE_ARGS="-DCMAKE_CUDA_ARCHITECTURES=80-virtual" run python3 -m pip install -q --no-build-isolation \
-      --no-deps --target /tmp/ptx80 -C build-dir=build/ptx80 . > "$OUT/ptx80-build.log" \
-      || tail -30 "$OUT/ptx80-build.log"
-    grep -h "CUDA architectures" build/ptx80/CMakeCache.txt build/ptx80/CMakeFiles/CMakeOutput.log 2>/dev/null | head -2
+    # (.gpubuild80/gaussfield, carried from an earlier call's $OUT/ptx80.tgz: no build;
+    # PTX80_TESTS=0: build and pack only)
+    if [ -d .gpubuild80/gaussfield ]; then
+      rm -rf /tmp/ptx80 && mkdir -p /tmp/ptx80 && cp -r .gpubuild80/gaussfield /tmp/ptx80/
+    else
+      CMAKE_ARGS="-DCMAKE_CUDA_ARCHITECTURES=80-virtual" run python3 -m pip install -q --no-build-isolation \
+        --no-deps --target /tmp/ptx80 -C build-dir=build/ptx80 . > "$OUT/ptx80-build.log" \
+        || tail -30 "$OUT/ptx80-build.log"
+      grep -h "CMAKE_CUDA_ARCHITECTURES" build/ptx80/CMakeCache.txt 2>/dev/null | head -2
+      tar czf "$OUT/ptx80.tgz" --exclude=__pycache__ -C /tmp/ptx80 gaussfield
+    fi
+    # what the library holds: PTX for compute_80 and no SASS (cubin) for any sm
+    lib=$(ls /tmp/ptx80/gaussfield/libgaussfield_ops*.so | head -1)
+    echo "ptx: $(cuobjdump --list-ptx "$lib" 2>&1 | grep -c ptx) files, $(cuobjdump --list-ptx "$lib" 2>&1 | grep -o 'sm_[0-9]*' | sort -u | tr '\n' ' ')"
+    echo "elf (SASS): $(cuobjdump --list-elf "$lib" 2>&1 | grep -c cubin) files"
+    [ "${PTX80_TESTS:-1}" = 0 ] && continue
     PYTHONPATH=/tmp/ptx80 python3 -c "import gaussfield; print('from', gaussfield.__file__)"
     PYTHONPATH=/tmp/ptx80 run python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py \
       tests/test_culling.py tests/test_autodiff.py tests/test_cutoff.py tests/test_channels.py \
+      tests/test_quaternion.py tests/test_inputs.py tests/test_reliability.py \
       -k cuda > "$OUT/pytest-ptx80.txt" || tail -40 "$OUT/pytest-ptx80.txt"
     grep -E "passed|failed" "$OUT/pytest-ptx80.txt" | tail -3
     ;;

@@ -343,6 +343,33 @@ def test_budget(monkeypatch, device, budget_mb):
     assert_same_field(culled, dense, RTOL[F64], f"budget {budget_mb}")
 
 
+@requires_cuda
+def test_default_budget_grows_with_the_field_cuda(monkeypatch):
+    """The default budget grows with B + N: a field of 1.2 x 10^7 Gaussians (the
+    notebook's initial sizes, cutoff 6), whose CUDA workspace (records, offsets and cell
+    lists: about 1.4 GB) passes a fixed 1 GiB, still takes the culled path (its kernels
+    run), with the dense path's result.  Under a fixed 1 GiB cap the cells coarsened to
+    one and auto fell back to all 7.9 x 10^11 pairs."""
+    monkeypatch.delenv("GAUSSFIELD_CULLING_BUDGET_MB", raising=False)
+    free, _ = torch.cuda.mem_get_info()
+    if free < 8 << 30:
+        pytest.skip("needs 8 GiB of free GPU memory")
+    B, N, k = 2**16, 12_000_000, 6.0
+    g = torch.Generator(device="cuda").manual_seed(5)
+    x = torch.rand(B, 3, device="cuda", generator=g) * 10
+    means = torch.rand(N, 3, device="cuda", generator=g) * 10
+    cov = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 1.0], device="cuda") * math.log(10 / N ** (1 / 3))
+    cov = cov.expand(N, 6).contiguous()
+    w = torch.randn(N, device="cuda", generator=g)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        auto = gaussfield.gaussian_field(x, means, cov, w, cutoff=k)
+        torch.cuda.synchronize()
+    kernels = {e.key for e in prof.key_averages()}
+    assert any("fill_lists_kernel" in name for name in kernels), sorted(kernels)[:20]
+    dense = run("never", monkeypatch, gaussfield.gaussian_field, x, means, cov, w, cutoff=k)
+    assert fr.norm_rel(auto.double(), dense.double()) <= RTOL[torch.float32]
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_auto_matches_dense(monkeypatch, device):
     """auto (the default) gives the dense path's field on a small problem, a large local

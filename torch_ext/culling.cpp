@@ -4,6 +4,8 @@
 #include <c10/util/Exception.h>
 
 #include <cstdlib>
+#include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <string>
 
@@ -17,9 +19,17 @@ Culling culling_mode() {
   TORCH_CHECK(false, "GAUSSFIELD_CULLING must be auto, always or never, got '", v, "'");
 }
 
-size_t culling_budget_bytes() {
+size_t culling_budget_bytes(int64_t num_points, int64_t num_gaussians) {
   const char* v = std::getenv("GAUSSFIELD_CULLING_BUDGET_MB");
-  if (!v || !*v) return size_t(1024) << 20;
+  if (!v || !*v) {
+    // a fixed cap would refuse every field past about 10^7 Gaussians (the records and
+    // lists alone take about 100 bytes a Gaussian) and leave them the dense path
+    const double items = static_cast<double>(std::max<int64_t>(num_points, 0)) +
+                         static_cast<double>(std::max<int64_t>(num_gaussians, 0));
+    const double bytes = static_cast<double>(kBudgetBaseBytes) +
+                         static_cast<double>(kBudgetBytesPerItem) * items;
+    return bytes >= 1.8e19 ? SIZE_MAX : static_cast<size_t>(bytes);
+  }
   char* end = nullptr;
   const double mb = std::strtod(v, &end);
   TORCH_CHECK(end && *end == '\0' && mb > 0 && mb < 1e12,

@@ -8,7 +8,10 @@
 //                      always          culled whenever there is a cutoff (and the lists fit
 //                                      the budget at some cell size)
 //                      never           the dense masked path
-//   GAUSSFIELD_CULLING_BUDGET_MB       the culling workspace's cap (default 1024 MiB)
+//   GAUSSFIELD_CULLING_BUDGET_MB       the culling workspace's cap (default: 1024 MiB plus
+//                                      512 bytes a point and a Gaussian, so that it grows
+//                                      with the problem: the workspace's own floor is about
+//                                      100 bytes a Gaussian, for the records and lists)
 //   GAUSSFIELD_CULLING_POINTS_PER_CELL the grid's target of points per cell (default: the
 //                                      device's policy, 64 on the CPU, 128 on CUDA); a
 //                                      tuning knob for benchmarks/profile_cull.py
@@ -30,9 +33,12 @@ enum class Culling { kAuto, kAlways, kNever };
 // The GAUSSFIELD_CULLING setting, read at each call; throws for an unknown value.
 Culling culling_mode();
 
-// The culling workspace's cap in bytes (GAUSSFIELD_CULLING_BUDGET_MB; throws for a
-// value that is not a positive number).
-size_t culling_budget_bytes();
+// The culling workspace's cap in bytes for B points and N Gaussians:
+// GAUSSFIELD_CULLING_BUDGET_MB when set (throws for a value that is not a positive
+// number), else kBudgetBaseBytes + kBudgetBytesPerItem * (B + N).
+constexpr size_t kBudgetBaseBytes = size_t(1024) << 20;
+constexpr size_t kBudgetBytesPerItem = 512;
+size_t culling_budget_bytes(int64_t num_points, int64_t num_gaussians);
 
 // GAUSSFIELD_CULLING_POINTS_PER_CELL, or `fallback` when unset (throws for a value that is
 // not a positive number).
@@ -64,7 +70,7 @@ std::optional<gf_cull_plan> choose_plan(const gf_params& p, Culling mode,
                                         const CullPolicy& policy, PlanFn plan_fn,
                                         BytesFn bytes_fn) {
   if (!should_plan(p, mode, policy)) return std::nullopt;
-  const size_t budget = culling_budget_bytes();
+  const size_t budget = culling_budget_bytes(p.num_points, p.num_gaussians);
   double per_cell = points_per_cell_setting(policy.points_per_cell);
   for (int attempt = 0; attempt < 8; ++attempt, per_cell *= 8.0) {
     gf_cull_plan plan = plan_fn(per_cell);
