@@ -92,6 +92,8 @@ for s in $stages; do
   build)
     stage build
     rm -rf build/cp3*  # a warm machine keeps it, compiler choices and all (build/ptx80 apart)
+    # the machine has no network: setup's Python packages (plyfile) come as wheels in .whl/
+    keops_wheels
     run make install > "$OUT/build.log" || { tail -60 "$OUT/build.log"; exit 1; }
     rm -f "$OUT/build.log"
     python3 -c "import torch, gaussfield; assert torch._C._dispatch_has_kernel_for_dispatch_key('gaussfield::gaussian_field', 'CUDA'), 'no CUDA kernels'; print('CUDA kernels registered')" || exit 1

@@ -1,6 +1,6 @@
 """Forward + backward on CUDA at sizes that leave partial tiles everywhere, under several
 launch configurations, with one and several channels (partial channel blocks) and with
-and without a cutoff, and the culled path, checked against the CPU.  Run under
+and without a cutoff, the quaternion mode, and the culled path, checked against the CPU.  Run under
 compute-sanitizer (memcheck, racecheck, initcheck) by benchmarks/gpu_session.sh; not
 collected by pytest.  `python tests/cuda_sanitize.py culled` runs the culled cases and
 the double backward's alone."""
@@ -19,7 +19,11 @@ CONFIGS = ["", "points_r=8,points_warps=3,gauss_k=2,gauss_warps=5,chunks=3",
 
 
 def check(B, N, mode, dtype, channels, cutoff):
-    ins = make_inputs(B, N, mode, dtype, "cpu", B + N)
+    ins = make_inputs(B, N, "diag" if mode == "quat" else mode, dtype, "cpu", B + N)
+    if mode == "quat":  # 3DGS: (quaternion, log-scales), one quaternion zero
+        quat = torch.randn(N, 4, generator=torch.Generator().manual_seed(B), dtype=dtype)
+        quat[0] = 0.0
+        ins[2] = torch.cat([quat, ins[2]], 1)
     if channels:
         ins[3] = torch.randn(N, channels, dtype=dtype)
     g = torch.randn(B, *([channels] if channels else []), dtype=dtype)
@@ -42,11 +46,13 @@ for cfg in CONFIGS if sys.argv[1:] != ["culled"] else []:
             for dtype in (torch.float32, torch.float64):
                 for channels, cutoff in [(0, None), (3, None), (11, 3.0), (0, 2.5)]:
                     check(B, N, mode, dtype, channels, cutoff)
+        for dtype in (torch.float32, torch.float64):
+            check(B, N, "quat", dtype, 3, 2.5)
 # the culled path (forced): cells with partial chunks, channel blocks, both dtypes
 os.environ["GAUSSFIELD_CUDA_CONFIG"] = ""
 os.environ["GAUSSFIELD_CULLING"] = "always"
 for B, N in [(37, 45), (301, 130), (3000, 700)]:
-    for mode in ("full", "diag"):
+    for mode in ("full", "diag", "quat"):
         for dtype in (torch.float32, torch.float64):
             for channels, cutoff in [(0, 2.5), (3, 3.0), (11, 2.0)]:
                 check(B, N, mode, dtype, channels, cutoff)

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, strategies as st
 from torch.func import hessian, jacrev
 
 import gaussfield
@@ -19,7 +20,8 @@ F64 = torch.float64
 def sigma_3dgs(cov):
     """Sigma [N, 3, 3] as 3DGS builds it (build_rotation, build_scaling_rotation)."""
     cov = cov.to(F64)
-    q = cov[:, :4] / cov[:, :4].norm(dim=-1, keepdim=True)
+    # 3DGS normalises with F.normalize, whose floor (1e-12) the op shares
+    q = cov[:, :4] / cov[:, :4].norm(dim=-1, keepdim=True).clamp_min(1e-12)
     r, x, y, z = q.unbind(-1)
     R = torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - r * z), 2 * (x * z + r * y),
                      2 * (x * y + r * z), 1 - 2 * (x * x + z * z), 2 * (y * z - r * x),
@@ -74,6 +76,84 @@ def test_against_3dgs_formula(device, dtype, cutoff, channels):
     fr.assert_all_close(ours_vg(ins, go, cutoff), ref_vg(ins, go, cutoff), RTOL[dtype], "quat")
 
 
+@st.composite
+def problems(draw):
+    """Quaternions of norms 1e-8 .. 1e8 (and exact zeros), scales over e^-3 .. e^1 times
+    the layout's, anisotropy up to e^1 a side; channels; a cutoff in float64 (where
+    float32's rounding cannot move a pair across it against the reference)."""
+    dtype = draw(st.sampled_from([torch.float32, torch.float64]))
+    return dict(B=draw(st.integers(1, 40)), N=draw(st.integers(1, 12)), dtype=dtype,
+                log_norm=draw(st.floats(-8.0, 8.0)), zeros=draw(st.integers(0, 2)),
+                log_scale=draw(st.floats(-3.0, 1.0)), spread=draw(st.floats(0.0, 1.0)),
+                channels=draw(st.sampled_from([None, 2])),
+                cutoff=draw(st.sampled_from([None, 1.5, 4.0])) if dtype == F64 else None,
+                seed=draw(st.integers(0, 2**31 - 1)))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@given(p=problems())
+def test_matches_3dgs_formula_hypothesis(device, p):
+    g = torch.Generator().manual_seed(p["seed"])
+    B, N = p["B"], p["N"]
+    scale = math.exp(p["log_scale"])
+    box = 3 * scale * N ** (1 / 3)
+    x = torch.rand(B, 3, generator=g, dtype=F64) * box
+    means = torch.rand(N, 3, generator=g, dtype=F64) * box
+    quat = torch.randn(N, 4, generator=g, dtype=F64)
+    quat = quat / quat.norm(dim=-1, keepdim=True) * 10.0 ** (p["log_norm"] + torch.rand(N, 1, generator=g, dtype=F64))
+    quat[:p["zeros"]] = 0.0
+    log_s = p["log_scale"] + p["spread"] * torch.randn(N, 3, generator=g, dtype=F64)
+    w = torch.randn(N, *([p["channels"]] if p["channels"] else []), generator=g, dtype=F64)
+    ins = [t.to(device=device, dtype=p["dtype"]) for t in (x, means, torch.cat([quat, log_s], 1), w)]
+    go = torch.randn(B, *([p["channels"]] if p["channels"] else []), generator=g, dtype=F64)
+    go = go.to(device=device, dtype=p["dtype"])
+    # anisotropy up to e^2 a side (condition e^4 ~ 55): float32 within a few 1e-5
+    fr.assert_all_close(ours_vg(ins, go, p["cutoff"]), ref_vg(ins, go, p["cutoff"]),
+                        1e-3 if p["dtype"] == torch.float32 else 1e-10, f"quat {p}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_extremes(device, dtype):
+    """Quaternion norms from the floor to 1e30 give the rotation of the unit quaternion
+    (below the floor, the identity), with finite gradients; very wide and very narrow
+    Gaussians give finite values; a NaN or Inf in a quaternion or a log-scale gives NaN
+    at every point that Gaussian reaches (as a NaN in any other parameter does)."""
+    x, m, c, w = inputs(25, 4, device, dtype, seed=8)
+    unit = c.clone()
+    unit[:, :4] = unit[:, :4] / unit[:, :4].norm(dim=-1, keepdim=True)
+    base = gaussfield.gaussian_field(x, m, unit, w)
+    tol = dict(rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=1e-7 if dtype == torch.float32 else 1e-14)
+    for norm in [1e-10, 1e-3, 1e3, 1e30]:
+        scaled = unit.clone()
+        scaled[:, :4] *= norm
+        scaled.requires_grad_()
+        out = gaussfield.gaussian_field(x, m, scaled, w)
+        assert torch.allclose(out, base, **tol), norm
+        (gc,) = torch.autograd.grad(out.sum(), scaled)
+        assert torch.isfinite(gc).all(), norm
+    tiny = unit.clone()
+    tiny[:, :4] *= 1e-20  # below the floor: the identity rotation
+    ident = unit.clone()
+    ident[:, :4] = torch.tensor([1.0, 0, 0, 0], dtype=dtype)
+    assert torch.allclose(gaussfield.gaussian_field(x, m, tiny, w), gaussfield.gaussian_field(x, m, ident, w), **tol)
+    for s in [30.0, -30.0]:  # sigma = e^30 (everything at the peak), e^-30 (nothing)
+        wide = unit.clone()
+        wide[:, 4:] = s
+        out = gaussfield.gaussian_field(x, m, wide, w)
+        assert torch.isfinite(out).all()
+        if s > 0:
+            assert torch.allclose(out, w.sum().expand_as(out), rtol=1e-5)
+        else:
+            assert out.abs().max() == 0
+    for col in [0, 5]:  # a quaternion component, a log-scale
+        for bad in [float("nan"), float("inf")]:
+            c_bad = unit.clone()
+            c_bad[1, col] = bad
+            out = gaussfield.gaussian_field(x, m, c_bad, w)
+            assert torch.isnan(out).all(), (col, bad)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_gradcheck_and_second_order(device):
     ins = [t.requires_grad_() for t in inputs(5, 3, device, F64, seed=2)]
@@ -81,7 +161,8 @@ def test_gradcheck_and_second_order(device):
     assert torch.autograd.gradgradcheck(gaussfield.gaussian_field, tuple(ins))
     plain = [t.detach() for t in ins]
     f = lambda c: gaussfield.gaussian_field(plain[0], plain[1], c, plain[3])  # noqa: E731
-    r = lambda c: reference(plain[0], plain[1], c, plain[3])  # noqa: E731
+    cpu = [t.cpu() for t in plain]  # the reference on the CPU, whole
+    r = lambda c: reference(cpu[0], cpu[1], c, cpu[3])  # noqa: E731
     a, b = jacrev(f)(plain[2]), jacrev(r)(plain[2].cpu())
     assert fr.norm_rel(a, b) < 1e-9
     fx = lambda y: gaussfield.gaussian_field(y, *plain[1:]).sum()  # noqa: E731
