@@ -20,8 +20,11 @@ records per mode:
     ms_per_step   median over steps 2.. (step 1 warms up), the slowest rank's, each step
                   timed between a barrier and a device synchronisation
     compute_ms    the same step with no communication (ddp: backward under no_sync();
-                  shard: the shard's own partial field, not summed), ``alone`` more steps
-                  after the timed ones; exposed communication = ms_per_step - compute_ms
+                  shard: the shard's own partial field, not summed): ``alone`` pairs of
+                  steps after the recorded ones, one with and one without communication
+                  in alternating order; exposed communication = the median of the pairs'
+                  differences (the step's time drifts as the field trains, so a pair
+                  compares two steps of one field)
     peak_gib      torch.cuda.max_memory_allocated per rank (the field, its gradients,
                   Adam's state and the step's transients)
     losses        every step's loss (MSE over the whole batch)
@@ -140,7 +143,7 @@ def worker(args):
                 scale = world if ddp else 1
                 squared = torch.zeros(steps, dtype=torch.float64, device=device)
 
-                def step(i, alone=False):
+                def step(i, alone=False, record=True):
                     x = (torch.rand(args.batch, 3, generator=gen, device=device) * VOLUME)[lo:hi]
                     x = x.to(dtype)
                     if alone and mode == "shard":
@@ -158,17 +161,24 @@ def worker(args):
                     else:
                         loss.backward()
                     opt.step()
-                    if not alone:
+                    if record:
                         squared[i] = sq.detach()
 
                 times = [timed(lambda i=i: step(i)) for i in range(steps)]
                 rec["step_ms"] = times
                 rec["ms_per_step"] = statistics.median(times[1:]) if steps > 1 else times[0]
                 if world > 1 and args.alone > 0:
-                    alone = [timed(lambda: step(0, alone=True)) for _ in range(min(args.alone, steps))]
-                    rec["compute_step_ms"] = alone
-                    rec["compute_ms"] = statistics.median(alone[1:] if len(alone) > 1 else alone)
-                    rec["exposed_comm_ms"] = rec["ms_per_step"] - rec["compute_ms"]
+                    # pairs of steps, with and without communication, in alternating order
+                    # after the recorded ones: the step's time drifts as the field trains
+                    # (its Gaussians change size), and a pair sees the same field
+                    pairs = []
+                    for j in range(min(args.alone, steps)):
+                        order = (False, True) if j % 2 == 0 else (True, False)
+                        t = {a: timed(lambda a=a: step(0, alone=a, record=False)) for a in order}
+                        pairs.append((t[False], t[True]))
+                    rec["pair_ms"] = pairs
+                    rec["compute_ms"] = statistics.median(p[1] for p in pairs)
+                    rec["exposed_comm_ms"] = statistics.median(p[0] - p[1] for p in pairs)
                 if ddp:
                     dist.all_reduce(squared)
                 rec["losses"] = (squared / args.batch).tolist()
@@ -258,7 +268,8 @@ def markdown(summary):
              "step, the notebook's initial field (full covariance, float64 cov_tril cast to float32 in "
              "the forward), Adam, float32 "
              "(`benchmarks/bench_distributed.py`). Times: median step of the slowest rank; "
-             "compute: the same step with no communication; peak: max_memory_allocated per GPU.", "",
+             "compute: the same step with no communication, and exposed communication the median difference of "
+             "pairs of the two; peak: max_memory_allocated per GPU.", "",
              "| N | cutoff | mode | GPUs | ms / step | compute ms | exposed comm ms | speed-up vs 1 GPU "
              "| peak GiB / GPU | loss step 1: rel. diff vs 1 GPU | later steps: max rel. diff "
              "| float32 vs float64 (1 GPU), max |",
@@ -336,7 +347,7 @@ def driver(args):
                "wall_s": time.time() - began, "capacity": capacity,
                "records": singles + singles64 + records}
     card = "".join(c if c.isalnum() else "-" for c in summary["device"].lower()).strip("-")
-    name = f"distributed-{card}-x{world}-{summary['date']}"
+    name = f"distributed-{card}-x{world}{'-' + args.tag if args.tag else ''}-{summary['date']}"
     (out / f"{name}.json").write_text(json.dumps(summary, indent=1))
     (out / f"{name}.md").write_text(markdown(summary))
     print(markdown(summary))
@@ -350,16 +361,18 @@ def main(argv=None):
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--gpus", type=int, default=0, help="K (default: every GPU seen)")
     ap.add_argument("--batch", type=int, default=1_000_000)
-    ap.add_argument("--cases", default="1e6:none:4,1e7:none:2,1e6:6:10,1e7:6:10",
+    ap.add_argument("--cases", default="1e6:none:4,1e7:none:2,1e6:6:20,1e7:6:20",
                     help="N:cutoff:steps, comma-separated")
     ap.add_argument("--modes", default="ddp,shard")
-    ap.add_argument("--alone", type=int, default=3,
-                    help="compute-only steps per multi-GPU record (at most the case's steps)")
+    ap.add_argument("--alone", type=int, default=10,
+                    help="pairs of steps with and without communication per multi-GPU record "
+                         "(at most the case's steps)")
     ap.add_argument("--no-float64", dest="float64", action="store_false")
     ap.add_argument("--capacity", default="6")
     ap.add_argument("--capacity-steps", type=int, default=4)
     ap.add_argument("--capacity-timeout", type=float, default=240)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tag", default="", help="a word in the result files' names")
     ap.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", help=argparse.SUPPRESS)
