@@ -19,6 +19,9 @@ records per mode:
 
     ms_per_step   median over steps 2.. (step 1 warms up), the slowest rank's, each step
                   timed between a barrier and a device synchronisation
+    comm_ms       the step's all-reduce alone (ddp: a buffer of the gradients' size per
+                  dtype, as DDP's buckets; shard: the B values of the summed field),
+                  median of 5 after a warm-up, and its bytes (comm_bytes)
     compute_ms    the same step with no communication (ddp: backward under no_sync();
                   shard: the shard's own partial field, not summed): ``alone`` pairs of
                   steps after the recorded ones, one with and one without communication
@@ -179,6 +182,23 @@ def worker(args):
                     rec["pair_ms"] = pairs
                     rec["compute_ms"] = statistics.median(p[1] for p in pairs)
                     rec["exposed_comm_ms"] = statistics.median(p[0] - p[1] for p in pairs)
+                    # the step's all-reduce alone: ddp the gradients (one buffer per dtype,
+                    # as DDP's buckets), shard the summed field (B values)
+                    if ddp:
+                        sizes = {}
+                        for q in model.parameters():
+                            sizes[q.dtype] = sizes.get(q.dtype, 0) + q.numel()
+                        payload = [torch.zeros(n, dtype=d, device=device) for d, n in sizes.items()]
+                    else:
+                        payload = [torch.zeros(args.batch, dtype=dtype, device=device)]
+                    rec["comm_bytes"] = sum(t.numel() * t.element_size() for t in payload)
+
+                    def reduce():
+                        for t in payload:
+                            dist.all_reduce(t)
+                    comm = [timed(reduce) for _ in range(6)]
+                    rec["comm_ms"] = statistics.median(comm[1:])
+                    del payload
                 if ddp:
                     dist.all_reduce(squared)
                 rec["losses"] = (squared / args.batch).tolist()
@@ -269,11 +289,12 @@ def markdown(summary):
              "the forward), Adam, float32 "
              "(`benchmarks/bench_distributed.py`). Times: median step of the slowest rank; "
              "compute: the same step with no communication, and exposed communication the median difference of "
-             "pairs of the two; peak: max_memory_allocated per GPU.", "",
-             "| N | cutoff | mode | GPUs | ms / step | compute ms | exposed comm ms | speed-up vs 1 GPU "
+             "pairs of the two; all-reduce alone: the step's payload reduced by itself; peak: "
+             "max_memory_allocated per GPU.", "",
+             "| N | cutoff | mode | GPUs | ms / step | compute ms | exposed comm ms | all-reduce alone ms (MB) | speed-up vs 1 GPU "
              "| peak GiB / GPU | loss step 1: rel. diff vs 1 GPU | later steps: max rel. diff "
              "| float32 vs float64 (1 GPU), max |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in summary["records"]:
         if r["dtype"] != "float32":
             continue
@@ -283,7 +304,9 @@ def markdown(summary):
         lines.append(
             f"| {r['N']:.3g} | {r['cutoff'] if r['cutoff'] is not None else 'none'} | {r['mode']} "
             f"| {r['world_size']} | " + ("out of memory" if r["oom"] else fmt(r.get("ms_per_step")))
-            + f" | {fmt(r.get('compute_ms'))} | {fmt(r.get('exposed_comm_ms'))} | {fmt(r.get('speedup'))} "
+            + f" | {fmt(r.get('compute_ms'))} | {fmt(r.get('exposed_comm_ms'))} "
+            + (f"| {r['comm_ms']:.2f} ({r['comm_bytes'] / 1e6:.1f}) " if "comm_ms" in r else "| — ")
+            + f"| {fmt(r.get('speedup'))} "
             f"| {peak} | {fmt(diffs[0], '.1e') if diffs else '—'} "
             f"| {fmt(max(diffs[1:]), '.1e') if len(diffs) > 1 else '—'} "
             f"| {fmt(max(f32), '.1e') if f32 else '—'} |")
