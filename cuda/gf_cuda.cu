@@ -557,6 +557,9 @@ void launch_points_kernel(const gf_params &p, const typename Types<T>::rec *reco
     static_assert(R * CB <= kMaxAccumulators, "register blocking past the plan's bound");
     static_assert(points_smem_bytes<T, R, CB, kGradX>(kMaxWarps) <= kMaxSmem,
                   "points_kernel needs more shared memory than a launch gets by default");
+    warps = fit_warps<points_kernel<T, R, CB, kGradX, kCut>>(warps,
+                      [](int w) { return points_smem_bytes<T, R, CB, kGradX>(w); });
+    if (warps < 1) warps = 1;  /* fits nowhere: the launch reports the error */
     points_kernel<T, R, CB, kGradX, kCut>
         <<<grid, warps * kWarp, points_smem_bytes<T, R, CB, kGradX>(warps), stream>>>(p, records);
 }
@@ -614,6 +617,9 @@ void launch_gaussians_kernel(const gf_params &p, const typename Types<T>::rec *r
     static_assert(K * CB <= kMaxChannelSums, "register blocking past the plan's bound");
     static_assert(gaussians_smem_bytes<T, K, CB>(kMaxWarps) <= kMaxSmem,
                   "gaussians_kernel needs more shared memory than a launch gets by default");
+    warps = fit_warps<gaussians_kernel<T, K, CB, kCut>>(warps,
+                      [](int w) { return gaussians_smem_bytes<T, K, CB>(w); });
+    if (warps < 1) warps = 1;  /* fits nowhere: the launch reports the error */
     gaussians_kernel<T, K, CB, kCut><<<grid, warps * kWarp, gaussians_smem_bytes<T, K, CB>(warps),
                                  stream>>>(p, records, chunks, partial);
 }

@@ -10,6 +10,7 @@
 
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 
@@ -45,6 +46,47 @@ __host__ __device__ __forceinline__ int64_t ceil_div(int64_t a, int64_t b) {
 }
 
 inline bool grid_fits(int64_t blocks) { return blocks <= kMaxGridX; }
+
+/* The most warps (up to `want`) a block of `kernel` may have on the current device:
+ * its registers (cudaFuncGetAttributes' maxThreadsPerBlock, which counts them on this
+ * device) and its shared memory (static plus smem_bytes(warps) of dynamic) within the
+ * device's per-block limits, read once per device and kernel.  0 when not even one warp
+ * fits (the launch would fail; the caller reports it).  The plans' constants (up to 8
+ * warps, under 48 KiB) fit every architecture CUDA 13 builds for; this keeps a launch
+ * right on a device, or a JIT compilation from PTX, that grants less. */
+template <auto Kernel, typename SmemFn>
+int fit_warps(int want, SmemFn smem_bytes) {
+    /* one cache per kernel (the template argument is the kernel itself) and device;
+     * 0: not read yet */
+    constexpr int kDevices = 64;
+    static std::atomic<int> cached_threads[kDevices], cached_static[kDevices], cached_smem[kDevices];
+    int device = 0;
+    if (cudaGetDevice(&device) != cudaSuccess) return want;  /* the launch reports it */
+    const bool cacheable = device >= 0 && device < kDevices;
+    int threads = cacheable ? cached_threads[device].load(std::memory_order_acquire) : 0;
+    int static_smem = 0, smem = 0;
+    if (threads > 0) {
+        static_smem = cached_static[device].load(std::memory_order_relaxed);
+        smem = cached_smem[device].load(std::memory_order_relaxed);
+    } else {
+        cudaFuncAttributes a;
+        if (cudaFuncGetAttributes(&a, Kernel) != cudaSuccess ||
+            cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlock, device) != cudaSuccess) {
+            (void)cudaGetLastError();
+            return want;
+        }
+        threads = a.maxThreadsPerBlock;
+        static_smem = int(a.sharedSizeBytes);
+        if (cacheable) {
+            cached_static[device].store(static_smem, std::memory_order_relaxed);
+            cached_smem[device].store(smem, std::memory_order_relaxed);
+            cached_threads[device].store(threads, std::memory_order_release);
+        }
+    }
+    int warps = want < threads / kWarp ? want : threads / kWarp;
+    while (warps > 0 && size_t(static_smem) + smem_bytes(warps) > size_t(smem)) --warps;
+    return warps;
+}
 
 /* Workspace sub-buffers start on 256-byte boundaries. */
 inline size_t align256(size_t v) { return (v + 255) & ~size_t(255); }
