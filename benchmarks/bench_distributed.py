@@ -226,6 +226,7 @@ def worker(args):
             results.append(rec)
     if rank == 0:
         Path(args.worker_out).write_text(json.dumps(results, indent=1))
+    dist.barrier()  # the ranks leave together (see examples/train_distributed.py)
     dist.destroy_process_group()
 
 

@@ -257,28 +257,37 @@ def main(argv=None):
                   flush=True)
         losses, per_step = train(model, target, args, device, rank, world_size)
         state = whole_state_dict(model, args)
-        if rank != 0:
-            return 0
-        quality = psnr(state, target, args, device) if args.grid > 0 else None
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "losses.json").write_text(json.dumps(losses))
-        torch.save({name: tensor.cpu() for name, tensor in state.items()}, out / "field.pt")
-        summary = {"date": _dt.date.today().isoformat(), "torch": torch.__version__,
-                   "device": device_name(device), "world_size": world_size,
-                   "backend": dist.get_backend() if world_size > 1 else None, "args": vars(args),
-                   "target": target.name, "psnr_db": quality,
-                   "ms_per_step": per_step * 1e3 if math.isfinite(per_step) else None,
-                   "first_loss": losses[0], "last_loss": losses[-1]}
-        (out / "run.json").write_text(json.dumps(summary, indent=1))
-        print(f"loss {losses[0]:.6f} -> {losses[-1]:.6f}; "
-              + (f"PSNR {quality:.2f} dB on the {args.grid}^3 grid; " if quality is not None else "")
-              + (f"{per_step * 1e3:.2f} ms per step; " if math.isfinite(per_step) else "")
-              + f"wrote {out}/losses.json, run.json, field.pt")
-        return 0 if all(math.isfinite(v) for v in losses) else 1
+        rc = report(losses, per_step, state, target, args, device, world_size) if rank == 0 else 0
+        if world_size > 1:
+            # the ranks leave together: a gloo rank that tore its process group down while
+            # rank 0 was still writing aborted now and then ("terminate called without an
+            # active exception", torch 2.13, CPU)
+            dist.barrier()
+        return rc
     finally:
         if world_size > 1:
             dist.destroy_process_group()
+
+
+def report(losses, per_step, state, target, args, device, world_size):
+    """Rank 0's files and summary line; the exit code."""
+    quality = psnr(state, target, args, device) if args.grid > 0 else None
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "losses.json").write_text(json.dumps(losses))
+    torch.save({name: tensor.cpu() for name, tensor in state.items()}, out / "field.pt")
+    summary = {"date": _dt.date.today().isoformat(), "torch": torch.__version__,
+               "device": device_name(device), "world_size": world_size,
+               "backend": dist.get_backend() if world_size > 1 else None, "args": vars(args),
+               "target": target.name, "psnr_db": quality,
+               "ms_per_step": per_step * 1e3 if math.isfinite(per_step) else None,
+               "first_loss": losses[0], "last_loss": losses[-1]}
+    (out / "run.json").write_text(json.dumps(summary, indent=1))
+    print(f"loss {losses[0]:.6f} -> {losses[-1]:.6f}; "
+          + (f"PSNR {quality:.2f} dB on the {args.grid}^3 grid; " if quality is not None else "")
+          + (f"{per_step * 1e3:.2f} ms per step; " if math.isfinite(per_step) else "")
+          + f"wrote {out}/losses.json, run.json, field.pt")
+    return 0 if all(math.isfinite(v) for v in losses) else 1
 
 
 if __name__ == "__main__":

@@ -217,6 +217,7 @@ def _worker(out):
     res["ddp_grad"] = _grads(ddp.module)
 
     torch.save(res, Path(out) / f"rank{rank}.pt")
+    dist.barrier()  # the ranks leave together (see examples/train_distributed.py)
     dist.destroy_process_group()
 
 
