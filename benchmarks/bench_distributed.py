@@ -407,4 +407,10 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    rc = main()
+    if "--worker" in sys.argv:
+        # without the interpreter's finalization (see examples/train_distributed.py's leave)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+    sys.exit(rc)
