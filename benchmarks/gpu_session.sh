@@ -59,8 +59,8 @@ fi
 status=0
 
 stage() { echo; echo "=== $1 ($(date -u +%H:%M:%S))"; }
-# KeOps (pykeops, keopscore) from the wheels in .whl/ when carried, into /tmp/site
-keops_wheels() {
+# the carried wheels in .whl/ (pykeops, keopscore; plyfile for setup), into /tmp/site
+carried_wheels() {
   if compgen -G ".whl/*.whl" > /dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
       .whl/*.whl && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} \
@@ -93,7 +93,7 @@ for s in $stages; do
     stage build
     rm -rf build/cp3*  # a warm machine keeps it, compiler choices and all (build/ptx80 apart)
     # the machine has no network: setup's Python packages (plyfile) come as wheels in .whl/
-    keops_wheels
+    carried_wheels
     run make install > "$OUT/build.log" || { tail -60 "$OUT/build.log"; exit 1; }
     rm -f "$OUT/build.log"
     python3 -c "import torch, gaussfield; assert torch._C._dispatch_has_kernel_for_dispatch_key('gaussfield::gaussian_field', 'CUDA'), 'no CUDA kernels'; print('CUDA kernels registered')" || exit 1
@@ -268,7 +268,7 @@ PY
     ;;
   cullbench)
     stage cullbench
-    keops_wheels
+    carried_wheels
     trained=()
     [ -f "$OUT/train-cull/trained-field.pt" ] && trained=(--trained "$OUT/train-cull/trained-field.pt")
     run python3 benchmarks/bench_cull.py --out "$OUT/results" --cases "${CULL_CASES:-big,mid,giant,small}" \
@@ -293,7 +293,7 @@ PY
     ;;
   keopscheck)
     stage keopscheck
-    keops_wheels
+    carried_wheels
     run python3 benchmarks/keops_peer.py
     ;;
   ptx80)

@@ -9,6 +9,7 @@ derivatives (csrc/gf_math.h); these are what the higher-order paths of
 import torch
 
 from .ops import DEFAULT_EPS
+from .reference import cholesky_factor
 
 def _is_factor(cov):
     return cov.dim() == 3
@@ -42,15 +43,7 @@ def whitening_factor(cov, eps=DEFAULT_EPS):
         sigma = (R * torch.exp(2 * c[:, None, 4:])) @ R.mT
         K = torch.linalg.cholesky(0.5 * (sigma + sigma.mT))
         return torch.linalg.solve_triangular(K, eye.expand_as(K), upper=False)
-    zero = torch.zeros_like(c[:, 0])
-    L = torch.stack(
-        [
-            torch.stack([torch.exp(c[:, 0]), zero, zero], dim=-1),
-            torch.stack([c[:, 1], torch.exp(c[:, 2]), zero], dim=-1),
-            torch.stack([c[:, 3], c[:, 4], torch.exp(c[:, 5])], dim=-1),
-        ],
-        dim=-2,
-    )
+    L = cholesky_factor(c)
     if eps != 0.0:
         L = torch.linalg.cholesky(L @ L.mT + eps * eye)
     return torch.linalg.solve_triangular(L, eye.expand_as(L), upper=False)

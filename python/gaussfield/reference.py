@@ -10,20 +10,27 @@ import torch
 from torch import Tensor
 
 
+def cholesky_factor(cov_tril: Tensor) -> Tensor:
+    """``L`` ``[N, 3, 3]`` of ``cov_tril`` ``[N, 6]``: ``[[e^c0, 0, 0], [c1, e^c2, 0],
+    [c3, c4, e^c5]]`` (``Sigma = L L^T + eps I``)."""
+    c = cov_tril
+    zero = torch.zeros_like(c[:, 0])
+    return torch.stack(
+        [
+            torch.stack([torch.exp(c[:, 0]), zero, zero], dim=-1),
+            torch.stack([c[:, 1], torch.exp(c[:, 2]), zero], dim=-1),
+            torch.stack([c[:, 3], c[:, 4], torch.exp(c[:, 5])], dim=-1),
+        ],
+        dim=-2,
+    )
+
+
 def inverse_covariance(cov: Tensor, eps: float = 1e-6) -> Tensor:
     """``Sigma^{-1}`` ``[N, 3, 3]`` from ``cov_tril`` ``[N, 6]`` or ``log_scales`` ``[N, 3]``
     (same parameterisation as :func:`gaussfield.gaussian_field`)."""
     if cov.shape[-1] == 3:
         return torch.diag_embed(torch.exp(-2.0 * cov))
-    zero = torch.zeros_like(cov[:, 0])
-    L = torch.stack(
-        [
-            torch.stack([torch.exp(cov[:, 0]), zero, zero], dim=-1),
-            torch.stack([cov[:, 1], torch.exp(cov[:, 2]), zero], dim=-1),
-            torch.stack([cov[:, 3], cov[:, 4], torch.exp(cov[:, 5])], dim=-1),
-        ],
-        dim=-2,
-    )
+    L = cholesky_factor(cov)
     eye = torch.eye(3, dtype=cov.dtype, device=cov.device)
     return torch.linalg.inv(L @ L.transpose(-2, -1) + eps * eye)
 
