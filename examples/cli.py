@@ -1,7 +1,7 @@
 """What the example scripts share on their command lines."""
 from typing import Optional
 
-from gaussfield.ops import _check_cutoff
+from gaussfield._common import check_cutoff
 
 
 def cutoff_arg(text: str) -> Optional[float]:
@@ -13,4 +13,4 @@ def cutoff_arg(text: str) -> Optional[float]:
         value = float(text)
     except ValueError:
         raise ValueError(f"cutoff must be 'none' or a finite number > 0, got {text!r}") from None
-    return _check_cutoff(value)
+    return check_cutoff(value)

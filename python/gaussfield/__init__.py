@@ -6,21 +6,27 @@ evaluated, with its gradients, in one pass over the Gaussian-point pairs, on the
 on CUDA GPUs, in memory that grows with B + N (never B x N).
 
 * :func:`gaussian_field` - the functional operator; :data:`DEFAULT_EPS` its default eps.
-* :class:`GaussianField` - an ``nn.Module`` with the parameters, initialisation and
-  ``state_dict`` of the notebook's ``FastLearnableGaussianField``.
+* :class:`GaussianField` (:mod:`gaussfield.module`) - an ``nn.Module`` with the
+  parameters, initialisation and ``state_dict`` of the notebook's
+  ``FastLearnableGaussianField``.
 * :func:`fused_forward` - drop-in ``forward`` for the notebook's classes:
   ``FastLearnableGaussianField.forward = gaussfield.fused_forward``.
-* :mod:`gaussfield.notebook` - what belongs to the notebook: the two above, and the
-  notebook's own classes as it prints them (the reference they are checked against).
+* :mod:`gaussfield.notebook` - what belongs to the notebook: the drop-in above, and the
+  notebook's own classes as it prints them (the reference it is checked against).
 * :func:`gaussian_field_reference` - the closed form in plain PyTorch (materialises
   ``[..., N]``), for checking and comparison.
 """
 from ._library import load_library as _load_library
 
+# The ops first (the compiled library defines them), then their Python registrations
+# (fakes, Autograd kernels, vmap rules), once, before anything can call them.
 _load_library()
+from . import autograd as _autograd  # noqa: E402, F401
 
-from .ops import DEFAULT_EPS, culling_stats, gaussian_field  # noqa: E402
-from .notebook import GaussianField, fused_forward  # noqa: E402
+from ._common import DEFAULT_EPS  # noqa: E402
+from .module import GaussianField  # noqa: E402
+from .notebook import fused_forward  # noqa: E402
+from .ops import culling_stats, gaussian_field  # noqa: E402
 from .reference import gaussian_field_reference, inverse_covariance  # noqa: E402
 
 __version__ = "0.1.0"

@@ -13,8 +13,8 @@ C++ (``torch_ext/``); the Autocast kernels are there too.
   Its first output alone is the forward-mode product (JVP) of ``gaussian_field``.
 
 How derivatives compose.  The pair kernels see a whitening factor ``M`` per Gaussian;
-the covariance parameterisations (``cov_tril``, ``log_scales``) are front-ends that map
-``cov`` to ``M``.  First-order reverse mode runs fused: the ops apply the front-end and
+the covariance parameterisations (``cov_tril``, ``log_scales``, the 3DGS quaternion
+form) are front-ends that map ``cov`` to ``M``.  First-order reverse mode runs fused: the ops apply the front-end and
 its derivative inside the kernels.  Everything of higher order (``create_graph=True``,
 forward mode, ``torch.func.grad`` / ``jacrev`` / ``jacfwd`` / ``hessian``) takes the
 front-end in plain PyTorch (:func:`gaussfield.frontends.whitening_factor`,
@@ -36,7 +36,7 @@ import torch
 import torch.autograd.forward_ad as _forward_ad
 
 from .frontends import _factor_dtype, _is_factor, whitening_factor
-from .ops import DEFAULT_EPS
+from ._common import DEFAULT_EPS
 
 _FORWARD = "gaussfield::gaussian_field"
 _BACKWARD = "gaussfield::gaussian_field_backward"

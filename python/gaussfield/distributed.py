@@ -49,7 +49,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .ops import DEFAULT_EPS, _check_cutoff, gaussian_field
+from ._common import DEFAULT_EPS, check_cutoff
+from .ops import gaussian_field
 
 __all__ = [
     "all_reduce_sum",
@@ -301,7 +302,7 @@ class ShardedGaussianField(nn.Module):
         self.shard_start, self.shard_stop = start, stop
         self.use_full_cov = cov_name == "cov_tril"
         self.eps = eps
-        self.cutoff = None if cutoff is None else _check_cutoff(cutoff)
+        self.cutoff = None if cutoff is None else check_cutoff(cutoff)
         self.group = group
         # registered in GaussianField's order, so state_dicts list the same keys alike
         for name in ("means", cov_name, "weights"):

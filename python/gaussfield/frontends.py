@@ -8,7 +8,7 @@ derivatives (csrc/gf_math.h); these are what the higher-order paths of
 """
 import torch
 
-from .ops import DEFAULT_EPS
+from ._common import DEFAULT_EPS
 from .reference import cholesky_factor
 
 def _is_factor(cov):

@@ -1,4 +1,5 @@
-"""Readers of other formats: a trained 3D Gaussian Splatting scene as gaussfield's inputs.
+"""Readers and writers of other formats: a trained 3D Gaussian Splatting scene (PLY) as
+gaussfield's inputs, and Gaussians back to such a file.
 
 The PLY that 3DGS's reference implementation (and gsplat, and most tools after it)
 writes holds one vertex per Gaussian with the properties ``x, y, z`` (the mean),

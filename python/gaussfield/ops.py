@@ -1,19 +1,12 @@
-"""The functional API of gaussfield.  The ops and their registrations: ``torch_ext/``
-(C++) and :mod:`gaussfield.autograd`."""
+"""The functional API of gaussfield.  The ops are defined and implemented in C++
+(``torch_ext/``); their Python registrations are :mod:`gaussfield.autograd`."""
 
-import math
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-#: eps added to the diagonal of a full covariance (``Sigma = L L^T + eps * I``) when the
-#: caller gives none: the 1e-6 that the notebook's ``get_covariance`` adds.  The op
-#: schema's default is ``GF_DEFAULT_EPS`` (csrc/gaussfield.h), the same number.  Bound
-#: before ``autograd`` is imported, so that the registrations can import it from here.
-DEFAULT_EPS = 1e-6
-
-from . import autograd as _autograd  # noqa: E402, F401  (registers fakes, Autograd kernels, vmap rules)
+from ._common import DEFAULT_EPS, check_cutoff
 
 
 def gaussian_field(
@@ -89,21 +82,8 @@ def gaussian_field(
     only the gradients that autograd asks for are computed.
     """
     if cutoff is not None:
-        cutoff = _check_cutoff(cutoff)
+        cutoff = check_cutoff(cutoff)
     return torch.ops.gaussfield.gaussian_field(x, means, cov, weights, eps, cutoff)
-
-
-def _check_cutoff(cutoff) -> float:
-    """``cutoff`` as a float, or a ValueError naming it."""
-    if isinstance(cutoff, (bool, str, bytes)):
-        raise ValueError(f"cutoff must be None or a finite number > 0, got {cutoff!r}")
-    try:
-        k = float(cutoff)
-    except (TypeError, ValueError):
-        raise ValueError(f"cutoff must be None or a finite number > 0, got {cutoff!r}") from None
-    if not (math.isfinite(k) and k > 0):
-        raise ValueError(f"cutoff must be None or a finite number > 0 (a Mahalanobis radius), got {cutoff!r}")
-    return k
 
 
 # points per cell of each device's culling plan (torch_ext/cpu.cpp, cuda.cpp)
@@ -121,7 +101,7 @@ def culling_stats(x: Tensor, means: Tensor, cov: Tensor, weights: Tensor, *, cut
     ``pairs_evaluated`` (exactly the pairs the culled path evaluates for the points) and
     ``workspace_bytes`` (of the CPU layout).  For benchmarks; not differentiable.
     """
-    cutoff = _check_cutoff(cutoff)
+    cutoff = check_cutoff(cutoff)
     kind = device_type or x.device.type
     if kind not in _POINTS_PER_CELL:
         raise ValueError(f"device_type must be 'cpu' or 'cuda', got {kind!r}")

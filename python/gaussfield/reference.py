@@ -27,7 +27,7 @@ def cholesky_factor(cov_tril: Tensor) -> Tensor:
 
 def inverse_covariance(cov: Tensor, eps: float = 1e-6) -> Tensor:
     """``Sigma^{-1}`` ``[N, 3, 3]`` from ``cov_tril`` ``[N, 6]`` or ``log_scales`` ``[N, 3]``
-    (same parameterisation as :func:`gaussfield.gaussian_field`)."""
+    (those two of :func:`gaussfield.gaussian_field`'s parameterisations only)."""
     if cov.shape[-1] == 3:
         return torch.diag_embed(torch.exp(-2.0 * cov))
     L = cholesky_factor(cov)
@@ -44,8 +44,9 @@ def gaussian_field_reference(
     eps: float = 1e-6,
     cutoff: Optional[float] = None,
 ) -> Tensor:
-    """Same contract as :func:`gaussfield.gaussian_field` (channels and cutoff too),
-    computed in closed form: the inverse once per Gaussian, then the quadratic form
+    """:func:`gaussfield.gaussian_field` for ``cov_tril`` ``[N, 6]`` and ``log_scales``
+    ``[N, 3]`` (channels and cutoff too; not the other parameterisations), computed in
+    closed form: the inverse once per Gaussian, then the quadratic form
     written out over its six unique entries (pointwise, so ``torch.compile`` fuses it),
     exp, weighted sum."""
     p = inverse_covariance(cov, eps)
