@@ -10,7 +10,7 @@
  * (M_n the whitening factor, chol(Sigma_n)^{-1}; k the cutoff, +inf by default) and the
  * vector-Jacobian product of f with respect to the points, the means, the covariance
  * parameters and the weights, without ever materialising anything of size B x N.  The
- * covariance comes in one of two parameterisations, told apart by gf_cov_mode (see
+ * covariance comes in one of four parameterisations, told apart by gf_cov_mode (see
  * below); the weights are raw (no normalisation constant).  With a cutoff k,
  * |f_k(x)_c - f(x)_c| <= exp(-k^2 / 2) sum_n |w_nc|.
  *
@@ -117,7 +117,7 @@ typedef struct gf_params {
 
     const void *x;        int64_t x_stride[2];        /* [B, 3] query points */
     const void *means;    int64_t means_stride[2];    /* [N, 3] */
-    const void *cov;      int64_t cov_stride[2];      /* [N, cov_mode] */
+    const void *cov;      int64_t cov_stride[2];      /* [N, gf_cov_num_params(cov_mode)] */
     const void *weights;  int64_t weights_stride[2];  /* [N, C] */
     const void *grad_out; int64_t grad_out_stride[2]; /* [B, C], backward only */
 

@@ -1,13 +1,15 @@
 /*
  * gf_common.c - the part of the C API that does not depend on the backend, used by the
  * CPU stages (gf_cpu.c, gf_cpu_cull.c) and the CUDA ones (cuda/) alike: status strings,
- * the records' size, and the argument checks every stage shares.
+ * the records' size, and the argument checks every stage shares (dense, culled and
+ * second-order).
  */
 #include <math.h>
 
 #include "gaussfield.h"
 #include "gf_common.h"
 #include "gf_math.h"
+#include "gf_spatial.h"
 
 int64_t gf_cov_num_params(gf_cov_mode mode) { return gf_cov_params(mode); }
 
@@ -18,8 +20,8 @@ const char *gf_status_string(gf_status status) {
     case GF_ERR_BAD_SIZE: return "a size or stride is negative, or a range is outside [0, size]";
     case GF_ERR_BAD_DTYPE: return "unknown dtype (expected GF_FLOAT32 or GF_FLOAT64)";
     case GF_ERR_BAD_COV_MODE:
-        return "unknown cov_mode (expected GF_COV_FULL, GF_COV_DIAG or GF_COV_WHITENED), or one "
-               "the stage does not take";
+        return "unknown cov_mode (expected GF_COV_FULL, GF_COV_DIAG, GF_COV_QUAT or "
+               "GF_COV_WHITENED), or one the stage does not take";
     case GF_ERR_BAD_EPS: return "eps must be finite and >= 0";
     case GF_ERR_SMALL_WORKSPACE: return "workspace smaller than the reported size";
     case GF_ERR_CUDA: return "CUDA runtime error";
@@ -62,5 +64,37 @@ gf_status gf_check_second_params(const gf_params *p) {
     const void *dirs[4] = {p->dir_x, p->dir_means, p->dir_cov, p->dir_weights};
     for (int i = 0; i < 4; ++i)
         if (dirs[i] && (strides[i][0] < 0 || strides[i][1] < 0)) return GF_ERR_BAD_SIZE;
+    return GF_OK;
+}
+
+gf_status gf_check_cull_plan_args(const gf_params *p, double points_per_cell,
+                                  const gf_cull_plan *plan) {
+    const gf_status st = gf_check_params(p);
+    if (st != GF_OK) return st;
+    if (!plan) return GF_ERR_NULL_POINTER;
+    if (!gf_has_cutoff(p->cutoff)) return GF_ERR_BAD_CUTOFF;
+    if (p->num_gaussians > INT32_MAX || !(points_per_cell > 0.0)) return GF_ERR_BAD_SIZE;
+    if (p->num_points > 0 && !p->x) return GF_ERR_NULL_POINTER;
+    return GF_OK;
+}
+
+gf_status gf_check_cull_stage(const gf_params *p, const gf_cull_plan *plan) {
+    const gf_status st = gf_check_params(p);
+    if (st != GF_OK) return st;
+    if (!plan) return GF_ERR_NULL_POINTER;
+    if (!gf_has_cutoff(p->cutoff)) return GF_ERR_BAD_CUTOFF;
+    if (p->num_gaussians > INT32_MAX) return GF_ERR_BAD_SIZE;
+    return gf_check_cull_plan(plan);
+}
+
+gf_status gf_check_cull_plan(const gf_cull_plan *plan) {
+    if (!plan) return GF_ERR_NULL_POINTER;
+    if (plan->num_cells < 1 || plan->num_cells > GF_CULL_MAX_CELLS || plan->list_length < 0 ||
+        plan->dims[0] < 1 || plan->dims[1] < 1 || plan->dims[2] < 1 ||
+        plan->dims[0] > GF_CULL_MAX_CELLS || plan->dims[1] > GF_CULL_MAX_CELLS ||
+        plan->dims[2] > GF_CULL_MAX_CELLS ||
+        plan->dims[0] * plan->dims[1] * plan->dims[2] != plan->num_cells ||
+        !(plan->cell_size > 0.0))
+        return GF_ERR_BAD_SIZE;
     return GF_OK;
 }

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "gaussfield.h"
+#include "gf_common.h"
 #include "gf_cpu_internal.h"
 #include "gf_math.h"
 #include "gf_spatial.h"
@@ -75,23 +76,9 @@ static void box_of(const gf_params *p, const gf_cull_plan *plan, int64_t g, gf_c
     gf_cull_box_init(plan, mean, m, nkq, gf_cull_reaches_all(p, g), box);
 }
 
-static gf_status check_cull(const gf_params *p, const gf_cull_plan *plan) {
-    gf_status st = gf_check_params(p);
-    if (st != GF_OK) return st;
-    if (!plan) return GF_ERR_NULL_POINTER;
-    if (!gf_has_cutoff(p->cutoff)) return GF_ERR_BAD_CUTOFF;
-    if (p->num_gaussians > INT32_MAX) return GF_ERR_BAD_SIZE;
-    if (plan->num_cells < 1 || plan->list_length < 0) return GF_ERR_BAD_SIZE;
-    return GF_OK;
-}
-
 gf_status gf_cpu_cull_plan(const gf_params *p, double points_per_cell, gf_cull_plan *plan) {
-    gf_status st = gf_check_params(p);
+    const gf_status st = gf_check_cull_plan_args(p, points_per_cell, plan);
     if (st != GF_OK) return st;
-    if (!plan) return GF_ERR_NULL_POINTER;
-    if (!gf_has_cutoff(p->cutoff)) return GF_ERR_BAD_CUTOFF;
-    if (p->num_gaussians > INT32_MAX || !(points_per_cell > 0.0)) return GF_ERR_BAD_SIZE;
-    if (p->num_points > 0 && !p->x) return GF_ERR_NULL_POINTER;
     if (p->num_gaussians > 0 && (!p->records || !p->weights)) return GF_ERR_NULL_POINTER;
     double lo[3] = {INFINITY, INFINITY, INFINITY}, hi[3] = {-INFINITY, -INFINITY, -INFINITY};
     int64_t finite = 0;
@@ -133,7 +120,7 @@ static void counts_to_offsets(int64_t *start, int64_t n) {
 
 gf_status gf_cpu_cull_build(const gf_params *p, const gf_cull_plan *plan, void *workspace,
                             size_t workspace_bytes) {
-    gf_status st = check_cull(p, plan);
+    gf_status st = gf_check_cull_stage(p, plan);
     if (st != GF_OK) return st;
     if (!workspace) return GF_ERR_NULL_POINTER;
     if (p->num_points > 0 && !p->x) return GF_ERR_NULL_POINTER;
@@ -190,18 +177,14 @@ gf_status gf_cpu_cull_build(const gf_params *p, const gf_cull_plan *plan, void *
         for (int64_t g = 0; g < p->num_gaussians; ++g) {
             gf_cull_box box;
             box_of(p, plan, g, &box);
-            if (box.lo[0] > box.hi[0]) continue;
-            for (int64_t iz = box.lo[2]; iz <= box.hi[2]; ++iz)
-                for (int64_t iy = box.lo[1]; iy <= box.hi[1]; ++iy) {
-                    int64_t x0, x1;
-                    gf_cull_row(plan, &box, iy, iz, &x0, &x1);
-                    const int64_t row = plan->dims[0] * (iy + plan->dims[1] * iz);
-                    for (int64_t c = row + x0; c <= row + x1; ++c) {
-                        if (pass == 0) {
-                            ++list_start[c + 1];
-                        } else {
-                            list[list_start[c]++] = (int32_t)g;
-                        }
+            gf_cull_rows it;
+            gf_cull_rows_begin(&box, &it);
+            for (int64_t first, last; gf_cull_rows_next(plan, &box, &it, &first, &last);)
+                for (int64_t c = first; c <= last; ++c) {
+                    if (pass == 0) {
+                        ++list_start[c + 1];
+                    } else {
+                        list[list_start[c]++] = (int32_t)g;
                     }
                 }
         }
@@ -218,7 +201,7 @@ gf_status gf_cpu_cull_build(const gf_params *p, const gf_cull_plan *plan, void *
 
 static gf_status check_stage(const gf_params *p, const gf_cull_plan *plan, const void *ws,
                              int64_t begin, int64_t end, int64_t size) {
-    gf_status st = check_cull(p, plan);
+    gf_status st = gf_check_cull_stage(p, plan);
     if (st != GF_OK) return st;
     if (!(begin >= 0 && begin <= end && end <= size)) return GF_ERR_BAD_SIZE;
     if (begin == end) return GF_OK;
@@ -228,7 +211,7 @@ static gf_status check_stage(const gf_params *p, const gf_cull_plan *plan, const
 
 gf_status gf_cpu_cull_pairs(const gf_params *p, const gf_cull_plan *plan, const void *workspace,
                             double *pairs) {
-    gf_status st = check_cull(p, plan);
+    gf_status st = gf_check_cull_stage(p, plan);
     if (st != GF_OK) return st;
     if (!workspace || !pairs) return GF_ERR_NULL_POINTER;
     const gf_cull_view v = view_of(p, plan, workspace);

@@ -240,6 +240,9 @@ GF_INLINE void GF_KERNEL(tile_gaussian_sums)(const GF_KERNEL(rec_t) *r, int64_t 
     /* one scalar per sum: `omp simd` keeps each in a vector register (an array here
      * would live in memory, a copy per lane) */
     GF_T s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0, s8 = 0, s9 = 0;
+#define GF_ADD_TERMS(c)                                                                   \
+    (s0 += (c).tux, s1 += (c).tuy, s2 += (c).tuz, s3 += (c).txx, s4 += (c).tyy,          \
+     s5 += (c).tzz, s6 += (c).txy, s7 += (c).txz, s8 += (c).tyz)
     if (!gv) {
         /* one channel: t = G, the weight is applied to the sums in double */
 #pragma omp simd reduction(+ : s0, s1, s2, s3, s4, s5, s6, s7, s8, s9)
@@ -247,15 +250,7 @@ GF_INLINE void GF_KERNEL(tile_gaussian_sums)(const GF_KERNEL(rec_t) *r, int64_t 
             const GF_TYPE(gf_pair_terms) c =
                 GF_FN(gf_pair_vjp_gaussian)(r, px[i], py[i], pz[i], pg[i], pg[i], kCutoff);
             s9 += c.gg;
-            s0 += c.tux;
-            s1 += c.tuy;
-            s2 += c.tuz;
-            s3 += c.txx;
-            s4 += c.tyy;
-            s5 += c.tzz;
-            s6 += c.txy;
-            s7 += c.txz;
-            s8 += c.tyz;
+            GF_ADD_TERMS(c);
         }
     } else {
 #pragma omp simd reduction(+ : s0, s1, s2, s3, s4, s5, s6, s7, s8)
@@ -263,17 +258,10 @@ GF_INLINE void GF_KERNEL(tile_gaussian_sums)(const GF_KERNEL(rec_t) *r, int64_t 
             const GF_TYPE(gf_pair_terms) c =
                 GF_FN(gf_pair_vjp_gaussian)(r, px[i], py[i], pz[i], (GF_T)1, pt[i], kCutoff);
             gv[i] = c.gg;
-            s0 += c.tux;
-            s1 += c.tuy;
-            s2 += c.tuz;
-            s3 += c.txx;
-            s4 += c.tyy;
-            s5 += c.tzz;
-            s6 += c.txy;
-            s7 += c.txz;
-            s8 += c.tyz;
+            GF_ADD_TERMS(c);
         }
     }
+#undef GF_ADD_TERMS
     s[0] = s0;
     s[1] = s1;
     s[2] = s2;
@@ -410,7 +398,7 @@ void GF_KERNEL(gf_backward_gaussians)(const gf_params *p, int64_t begin, int64_t
 /* ---- culled loops --------------------------------------------------------------
  * The same tiles as the dense loops, gathered: a cell's points (rows from point_order)
  * over the cell's list of Gaussians (ascending), and a Gaussian over the points of the
- * cells it reaches (in the walk order of gf_cull_box_count, then the non-finite cell),
+ * cells it reaches (in the walk order of gf_cull_rows, then the non-finite cell),
  * GF_BTILE gathered points at a time. */
 
 typedef struct GF_KERNEL(cull_ctx) {
@@ -430,8 +418,11 @@ static const int32_t *GF_KERNEL(cell_list)(const gf_params *p, const gf_cull_pla
     return view->list + view->list_start[c];
 }
 
-void GF_KERNEL(gf_culled_forward)(const gf_params *p, const gf_cull_plan *plan,
-                                  const gf_cull_view *view, int64_t begin, int64_t end) {
+/* The tiles of cells [begin, end) over their lists: the forward (grad_x 0) or the
+ * backward to the points. */
+static void GF_KERNEL(culled_cells)(const gf_params *p, const gf_cull_plan *plan,
+                                    const gf_cull_view *view, int64_t begin, int64_t end,
+                                    int grad_x) {
     for (int64_t c = begin; c < end; ++c) {
         int64_t ng;
         const int32_t *glist = GF_KERNEL(cell_list)(p, plan, view, c, &ng);
@@ -439,23 +430,23 @@ void GF_KERNEL(gf_culled_forward)(const gf_params *p, const gf_cull_plan *plan,
         for (int64_t b0 = first; b0 < last; b0 += GF_TILE) {
             const int64_t n = last - b0 < GF_TILE ? last - b0 : GF_TILE;
             /* an empty list still writes the tile's zeros */
-            GF_KERNEL(forward_tile)(p, view->point_order + b0, 0, n, glist, ng);
+            if (grad_x)
+                GF_KERNEL(points_tile)(p, view->point_order + b0, 0, n, glist, ng);
+            else
+                GF_KERNEL(forward_tile)(p, view->point_order + b0, 0, n, glist, ng);
         }
     }
+}
+
+void GF_KERNEL(gf_culled_forward)(const gf_params *p, const gf_cull_plan *plan,
+                                  const gf_cull_view *view, int64_t begin, int64_t end) {
+    GF_KERNEL(culled_cells)(p, plan, view, begin, end, 0);
 }
 
 void GF_KERNEL(gf_culled_backward_points)(const gf_params *p, const gf_cull_plan *plan,
                                           const gf_cull_view *view, int64_t begin,
                                           int64_t end) {
-    for (int64_t c = begin; c < end; ++c) {
-        int64_t ng;
-        const int32_t *glist = GF_KERNEL(cell_list)(p, plan, view, c, &ng);
-        const int64_t first = view->cell_start[c], last = view->cell_start[c + 1];
-        for (int64_t b0 = first; b0 < last; b0 += GF_TILE) {
-            const int64_t n = last - b0 < GF_TILE ? last - b0 : GF_TILE;
-            GF_KERNEL(points_tile)(p, view->point_order + b0, 0, n, glist, ng);
-        }
-    }
+    GF_KERNEL(culled_cells)(p, plan, view, begin, end, 1);
 }
 
 /* The sums of one Gaussian (ng == 1) over the points of the cells it reaches: a row's
@@ -504,16 +495,10 @@ static void GF_KERNEL(culled_sums)(const gf_params *p, const void *ctx, int64_t 
     } while (0)
 #define GF_CALL(k)                                                                         \
     GF_KERNEL(tile_gaussian_sums)(r, n_, xs + a_, ys + a_, zs + a_, gs + a_, 0, 0, s, &sw, k)
-    if (box.lo[0] <= box.hi[0]) {
-        for (int64_t iz = box.lo[2]; iz <= box.hi[2]; ++iz)
-            for (int64_t iy = box.lo[1]; iy <= box.hi[1]; ++iy) {
-                int64_t x0, x1;
-                gf_cull_row(plan, &box, iy, iz, &x0, &x1);
-                if (x0 > x1) continue;
-                const int64_t row = plan->dims[0] * (iy + plan->dims[1] * iz);
-                GF_RUN(view->cell_start[row + x0], view->cell_start[row + x1 + 1]);
-            }
-    }
+    gf_cull_rows it;
+    gf_cull_rows_begin(&box, &it);
+    for (int64_t first, last; gf_cull_rows_next(plan, &box, &it, &first, &last);)
+        GF_RUN(view->cell_start[first], view->cell_start[last + 1]);
     GF_RUN(view->cell_start[plan->num_cells], view->cell_start[plan->num_cells + 1]);
 #undef GF_CALL
 #undef GF_RUN

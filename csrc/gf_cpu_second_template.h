@@ -43,6 +43,16 @@ static void GF_FN(second_ts)(const gf_params *p, int64_t b, int64_t n, GF_T *t, 
     *s = ss;
 }
 
+/* The channel blocks of a stage: one pass per GF_CPU_CHANNEL_BLOCK channels where the
+ * per-channel output is wanted (one pass otherwise), and the channels of the pass from
+ * c0 (0 where it is not wanted). */
+static int64_t GF_FN(second_passes)(int64_t C, int wanted) {
+    return wanted ? (C + GF_CPU_CHANNEL_BLOCK - 1) / GF_CPU_CHANNEL_BLOCK : 1;
+}
+static int64_t GF_FN(second_width)(int64_t C, int64_t c0, int wanted) {
+    return wanted ? (C - c0 < GF_CPU_CHANNEL_BLOCK ? C - c0 : GF_CPU_CHANNEL_BLOCK) : 0;
+}
+
 static void GF_FN(second_points)(const gf_params *p, int64_t begin, int64_t end) {
     const GF_TYPE(gf_record) *rec = (const GF_TYPE(gf_record) *)p->records;
     const int64_t N = p->num_gaussians, C = p->num_channels;
@@ -53,12 +63,10 @@ static void GF_FN(second_points)(const gf_params *p, int64_t begin, int64_t end)
         GF_FN(second_row3)(p->x, p->x_stride, b, x);
         GF_FN(second_row3)(p->dir_x, p->dir_x_stride, b, ax);
         /* grad_grad_out a block of channels a pass; grad_x in the first pass */
-        const int64_t passes = ggo ? (C + GF_CPU_CHANNEL_BLOCK - 1) / GF_CPU_CHANNEL_BLOCK : 1;
+        const int64_t passes = GF_FN(second_passes)(C, ggo != 0);
         for (int64_t pass = 0; pass < passes; ++pass) {
             const int64_t c0 = pass * GF_CPU_CHANNEL_BLOCK;
-            const int64_t nc = ggo ? (C - c0 < GF_CPU_CHANNEL_BLOCK ? C - c0
-                                                                    : GF_CPU_CHANNEL_BLOCK)
-                                   : 0;
+            const int64_t nc = GF_FN(second_width)(C, c0, ggo != 0);
             const int point_grad = gx && pass == 0;
             double acc[GF_CPU_CHANNEL_BLOCK] = {0};
             double ps[3] = {0.0, 0.0, 0.0};
@@ -95,13 +103,11 @@ static void GF_FN(second_gaussians)(const gf_params *p, int64_t begin, int64_t e
     for (int64_t n = begin; n < end; ++n) {
         const GF_TYPE(gf_dir_record) a = GF_FN(second_dir)(p, n);
         /* grad_weights a block of channels a pass; the geometric sums in the first */
-        const int64_t passes = gw ? (C + GF_CPU_CHANNEL_BLOCK - 1) / GF_CPU_CHANNEL_BLOCK : 1;
+        const int64_t passes = GF_FN(second_passes)(C, gw != 0);
         double sums[GF_NUM_SUMS2] = {0};
         for (int64_t pass = 0; pass < passes; ++pass) {
             const int64_t c0 = pass * GF_CPU_CHANNEL_BLOCK;
-            const int64_t nc = gw ? (C - c0 < GF_CPU_CHANNEL_BLOCK ? C - c0
-                                                                   : GF_CPU_CHANNEL_BLOCK)
-                                  : 0;
+            const int64_t nc = GF_FN(second_width)(C, c0, gw != 0);
             const int geo = geometry && pass == 0;
             double wsum[GF_CPU_CHANNEL_BLOCK] = {0};
             for (int64_t b = 0; b < B; ++b) {

@@ -156,29 +156,26 @@ GF_HD GF_T GF_TYPE(gf_narrow)(double v) {
     return (GF_T)v;
 }
 
-/* The front-end's 6 parameters of one Gaussian: its cov_mode values `stride` apart (a
- * whitening factor's lower entries out of its 9). */
+/* The front-end's parameters of one Gaussian (gf_frontend_params of them, the rest 0):
+ * its cov row's values `stride` apart, at the places gf_frontend_param_at gives. */
 GF_HD void GF_FN(gf_cov_load)(gf_cov_mode mode, const GF_T *cov, int64_t stride,
                               double c[GF_COV_MAX_PARAMS]) {
     for (int k = 0; k < GF_COV_MAX_PARAMS; ++k) c[k] = 0.0;
-    if (mode == GF_COV_WHITENED) {
-        for (int e = 0; e < 6; ++e) c[e] = (double)cov[GF_WHITENED_AT(e) * stride];
-        return;
-    }
-    for (int k = 0; k < gf_cov_params(mode); ++k) c[k] = (double)cov[k * stride];
+    for (int k = 0; k < gf_frontend_params(mode); ++k)
+        c[k] = (double)cov[gf_frontend_param_at(mode, k) * stride];
 }
 
-/* Fill record r for one Gaussian.  mean: 3 values `mean_stride` apart; cov: cov_mode
- * values `cov_stride` apart; weight: channel 0.  Runs once per Gaussian per call; M is
+/* Fill record r for one Gaussian.  mean: 3 values `mean_stride` apart; cov: its row of
+ * gf_cov_params(mode) values `cov_stride` apart; weight: channel 0.  Runs once per Gaussian per call; M is
  * computed in double and rounded once, to the record's type. */
 GF_HD void GF_FN(gf_record_init)(GF_TYPE(gf_record) *r,
                                  const GF_T *mean, int64_t mean_stride, /* [3] */
-                                 const GF_T *cov, int64_t cov_stride,   /* [cov_mode] */
+                                 const GF_T *cov, int64_t cov_stride,   /* [gf_cov_params] */
                                  GF_T weight, gf_cov_mode mode, double eps, double cutoff) {
     double c[GF_COV_MAX_PARAMS];
     GF_FN(gf_cov_load)(mode, cov, cov_stride, c);
     double m[6];
-    gf_whitening(mode, c, eps, m);
+    gf_frontend_whitening(mode, c, eps, m);
     const double a = GF_SQRT_HALF_LOG2E;
     r->mx = mean[0];
     r->my = mean[mean_stride];
@@ -272,14 +269,8 @@ typedef struct GF_TYPE(gf_pair_terms) {
     GF_T txy, txz, tyz;      /* t g u' u'^T, off-diagonal */
 } GF_TYPE(gf_pair_terms);
 
-/* forward inputs:      r, x y z, kCutoff
- * gradient of output:  grad (G, grad_out at this point; 1 to get g itself), t (the
- *                      factor of the geometric terms: G times the weight summed over
- *                      channels, or G alone with one channel, the weight then applied
- *                      to the Gaussian's sums in double)
- * returns:             the pair's terms (GF_NUM_SUMS order after gg); gf_gaussian_vjp
- *                      turns a Gaussian's sums into its gradients. */
-/* The terms of a pair already whitened (p) whose masked value is g. */
+/* The terms of a pair already whitened (p) whose masked value is g (see
+ * gf_pair_vjp_gaussian for grad and t). */
 GF_HD GF_TYPE(gf_pair_terms) GF_FN(gf_pair_terms_of)(const GF_TYPE(gf_pair) *pp, GF_T g,
                                                      GF_T grad, GF_T t) {
     const GF_TYPE(gf_pair) p = *pp;
@@ -298,6 +289,13 @@ GF_HD GF_TYPE(gf_pair_terms) GF_FN(gf_pair_terms_of)(const GF_TYPE(gf_pair) *pp,
     return c;
 }
 
+/* forward inputs:      r, x y z, kCutoff
+ * gradient of output:  grad (G, grad_out at this point; 1 to get g itself), t (the
+ *                      factor of the geometric terms: G times the weight summed over
+ *                      channels, or G alone with one channel, the weight then applied
+ *                      to the Gaussian's sums in double)
+ * returns:             the pair's terms (GF_NUM_SUMS order after gg); gf_gaussian_vjp
+ *                      turns a Gaussian's sums into its gradients. */
 GF_HD GF_TYPE(gf_pair_terms) GF_FN(gf_pair_vjp_gaussian)(const GF_TYPE(gf_record) *r, GF_T x,
                                                          GF_T y, GF_T z, GF_T grad, GF_T t,
                                                          int kCutoff) {
@@ -318,15 +316,12 @@ GF_HD void GF_FN(gf_pair_terms_add)(GF_T *s, const GF_TYPE(gf_pair_terms) *c) {
     s[3 + GF_YZ] += c->tyz;
 }
 
-/* A gradient of the front-end's 6 parameters written as the cov_mode's row (a whitening
- * factor's: 9 entries, 0 above the diagonal). */
+/* A gradient of the front-end's parameters written as the Gaussian's cov row (at the
+ * places gf_frontend_param_at gives; a whitening factor's upper entries 0). */
 GF_HD void GF_FN(gf_cov_store)(gf_cov_mode mode, const double g[GF_COV_MAX_PARAMS], GF_T *row) {
-    if (mode == GF_COV_WHITENED) {
-        for (int k = 0; k < 9; ++k) row[k] = (GF_T)0;
-        for (int e = 0; e < 6; ++e) row[GF_WHITENED_AT(e)] = (GF_T)g[e];
-        return;
-    }
-    for (int k = 0; k < gf_cov_params(mode); ++k) row[k] = (GF_T)g[k];
+    for (int k = 0; k < gf_cov_params(mode); ++k) row[k] = (GF_T)0;
+    for (int k = 0; k < gf_frontend_params(mode); ++k)
+        row[gf_frontend_param_at(mode, k)] = (GF_T)g[k];
 }
 
 /* Chain rule of one Gaussian from its summed pair terms (double, any order of
@@ -334,10 +329,10 @@ GF_HD void GF_FN(gf_cov_store)(gf_cov_mode mode, const double g[GF_COV_MAX_PARAM
  * to the gradients of its mean and covariance parameters, written as GF_T.  Reads the
  * parameters strided like gf_record_init; each output row pointer may be NULL. */
 GF_HD void GF_FN(gf_gaussian_vjp_store)(const double sums[GF_NUM_SUMS], double scale,
-                                        const GF_T *cov, int64_t cov_stride, /* [cov_mode] */
+                                        const GF_T *cov, int64_t cov_stride, /* [gf_cov_params] */
                                         gf_cov_mode mode, double eps,
                                         GF_T *grad_mean,    /* [3] or NULL */
-                                        GF_T *grad_cov)     /* [cov_mode] or NULL */ {
+                                        GF_T *grad_cov)     /* [gf_cov_params] or NULL */ {
     if (!grad_mean && !grad_cov) return;
     double c[GF_COV_MAX_PARAMS];
     GF_FN(gf_cov_load)(mode, cov, cov_stride, c);
@@ -367,11 +362,12 @@ typedef struct GF_TYPE(gf_dir_record) {
  * direction, 9 values (row-major 3x3, lower triangle read), or NULL. */
 GF_HD void GF_FN(gf_dir_record_init)(GF_TYPE(gf_dir_record) *r,
                                      const GF_T *dmean, int64_t dmean_stride, /* [3] */
-                                     const GF_T *dcov, int64_t dcov_stride) { /* [6] */
+                                     const GF_T *dcov, int64_t dcov_stride) { /* [9] */
     GF_T a[6];
     for (int k = 0; k < 6; ++k)
         a[k] = dcov ? GF_TYPE(gf_narrow)(GF_SQRT_HALF_LOG2E *
-                                         (double)dcov[GF_WHITENED_AT(k) * dcov_stride])
+                                         (double)dcov[gf_frontend_param_at(GF_COV_WHITENED, k) *
+                                                      dcov_stride])
                     : (GF_T)0;
     r->a00 = a[GF_L00];
     r->a10 = a[GF_L10];

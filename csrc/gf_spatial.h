@@ -1,7 +1,8 @@
 /*
  * gf_spatial.h - the spatial helpers of culling, host and device (GF_HD), shared by the
- * CPU stages (gf_cpu_cull.c) and the CUDA ones (cuda/gf_cuda_cull.cu), so that both
- * choose the same grid and give each Gaussian the same cells.
+ * CPU stages (gf_cpu_cull.c, gf_cpu_kernels_template.h) and the CUDA ones (cuda/cull_*,
+ * cuda/culled_*), so that both choose the same grid and give each Gaussian the same
+ * cells.
  *
  * Which pairs count is never decided here: that is gf_pair_keep in gf_math.h, in every
  * path.  These helpers only choose a superset of the kept pairs to evaluate, so they
@@ -236,29 +237,55 @@ GF_HD void gf_cull_row(const gf_cull_plan *g, const gf_cull_box *b, int64_t iy, 
     if (c1 < (double)*x1) *x1 = c1 < (double)*x0 ? *x0 - 1 : (int64_t)c1;
 }
 
-/* Whether the Gaussian of box b reaches cell (ix, iy, iz) of its box (gf_cull_row). */
-GF_HD int gf_cull_box_reaches(const gf_cull_plan *g, const gf_cull_box *b, int64_t ix,
-                              int64_t iy, int64_t iz) {
-    int64_t x0, x1;
-    gf_cull_row(g, b, iy, iz, &x0, &x1);
-    return ix >= x0 && ix <= x1;
+/* The walk over a Gaussian's reached cells, which every user makes in this order: the
+ * rows (iy, iz) of its box, z then y, each row's interval of gf_cull_row as one run of
+ * consecutive cells [first, last] (linear indices).
+ *
+ *     gf_cull_rows it;
+ *     gf_cull_rows_begin(&box, &it);
+ *     for (int64_t first, last; gf_cull_rows_next(plan, &box, &it, &first, &last);) ...
+ */
+typedef struct gf_cull_rows {
+    int64_t iy, iz; /* the next row to solve */
+} gf_cull_rows;
+
+GF_HD void gf_cull_rows_begin(const gf_cull_box *b, gf_cull_rows *it) {
+    it->iy = b->lo[1];
+    it->iz = b->lo[0] <= b->hi[0] ? b->lo[2] : b->hi[2] + 1; /* an empty box: no rows */
+}
+
+/* The next row with reached cells: its run in *first..*last, and 1; 0 past the last. */
+GF_HD int gf_cull_rows_next(const gf_cull_plan *g, const gf_cull_box *b, gf_cull_rows *it,
+                            int64_t *first, int64_t *last) {
+    while (it->iz <= b->hi[2]) {
+        const int64_t iy = it->iy, iz = it->iz;
+        if (++it->iy > b->hi[1]) {
+            it->iy = b->lo[1];
+            ++it->iz;
+        }
+        int64_t x0, x1;
+        gf_cull_row(g, b, iy, iz, &x0, &x1);
+        if (x0 > x1) continue;
+        const int64_t row = g->dims[0] * (iy + g->dims[1] * iz);
+        *first = row + x0;
+        *last = row + x1;
+        return 1;
+    }
+    return 0;
 }
 
 /* The number of cells the Gaussian of box b reaches (the length of its share of the
- * lists).  Visiting them is the loop z, y over the box's rows, x over gf_cull_row's
- * interval; every user walks them in that order. */
+ * lists): the cells of gf_cull_rows' walk, or of the whole box without the test (O(1),
+ * however large the box). */
 GF_HD int64_t gf_cull_box_count(const gf_cull_plan *g, const gf_cull_box *b) {
     if (b->lo[0] > b->hi[0]) return 0;
-    const int64_t cells = (b->hi[0] - b->lo[0] + 1) * (b->hi[1] - b->lo[1] + 1) *
-                          (b->hi[2] - b->lo[2] + 1);
-    if (!b->test) return cells;
+    if (!b->test)
+        return (b->hi[0] - b->lo[0] + 1) * (b->hi[1] - b->lo[1] + 1) *
+               (b->hi[2] - b->lo[2] + 1);
     int64_t n = 0;
-    for (int64_t iz = b->lo[2]; iz <= b->hi[2]; ++iz)
-        for (int64_t iy = b->lo[1]; iy <= b->hi[1]; ++iy) {
-            int64_t x0, x1;
-            gf_cull_row(g, b, iy, iz, &x0, &x1);
-            if (x1 >= x0) n += x1 - x0 + 1;
-        }
+    gf_cull_rows it;
+    gf_cull_rows_begin(b, &it);
+    for (int64_t first, last; gf_cull_rows_next(g, b, &it, &first, &last);) n += last - first + 1;
     return n;
 }
 

@@ -325,23 +325,25 @@ static void test_exp2(void) {
     CHECK(gf_exp2_f32(0.0f) == 1.0f && gf_exp2_f64(0.0) == 1.0, "2^0");
 }
 
-/* The covariance front-ends: gf_covariance is Sigma, and gf_whitening's M (lower
- * triangular) whitens it, M Sigma M^T = I, so that M^T M = Sigma^{-1}; with eps = 0 and
- * with eps > 0 (full), and for elongated, correlated Gaussians. */
+/* The covariance front-ends: gf_full_covariance / gf_diag_covariance is Sigma, and
+ * gf_frontend_whitening's M (lower triangular) whitens it, M Sigma M^T = I, so that
+ * M^T M = Sigma^{-1}; with eps = 0 and with eps > 0 (full), and for elongated,
+ * correlated Gaussians. */
 static void test_whitening(void) {
     const double eps_list[3] = {0.0, 1e-6, 1e-2};
     for (int t = 0; t < 300; ++t) {
         const int mode = t % 2 ? 6 : 3;
         const double eps = eps_list[(t / 2) % 3];
         problem pr = make_problem(0, 1, mode);
-        double c[6] = {0}, s[3][3], s6[6], m6[6], p[3][3];
+        double c[GF_COV_MAX_PARAMS] = {0}, s[3][3], s6[6], m6[6], p[3][3];
         memcpy(c, pr.cov, sizeof(double) * mode);
         if (t % 5 == 0 && mode == 6) { /* a needle: diagonal of L (2, 0.02, 0.02), strong L10, L20 */
             c[0] = log(2.0), c[2] = c[5] = log(0.02), c[1] = 1.5 * normal(), c[3] = normal();
         }
         ref_sigma(mode, c, eps, s);
         ref_inverse(s, p);
-        gf_covariance((gf_cov_mode)mode, c, eps, s6);
+        if (mode == 6) gf_full_covariance(c, eps, s6);
+        else gf_diag_covariance(c, s6);
         const double sg[3][3] = {{s6[GF_XX], s6[GF_XY], s6[GF_XZ]},
                                  {s6[GF_XY], s6[GF_YY], s6[GF_YZ]},
                                  {s6[GF_XZ], s6[GF_YZ], s6[GF_ZZ]}};
@@ -352,7 +354,7 @@ static void test_whitening(void) {
                 scale_s = fmax(scale_s, fabs(s[i][j]));
             }
         CHECK(worst_s <= 1e-14 * scale_s, "Sigma off by %g (mode %d)", worst_s, mode);
-        gf_whitening((gf_cov_mode)mode, c, eps, m6);
+        gf_frontend_whitening((gf_cov_mode)mode, c, eps, m6);
         const double m[3][3] = {{m6[GF_L00], 0, 0},
                                 {m6[GF_L10], m6[GF_L11], 0},
                                 {m6[GF_L20], m6[GF_L21], m6[GF_L22]}};
@@ -427,7 +429,7 @@ static void test_pair_maths(void) {
         const double k = cutoffs[(t / 2) % 4];
         const double eps = mode == 6 ? 1e-6 : 0.0;
         problem pr = make_problem(0, 1, mode);
-        double c[6] = {0}, mu[3], x[3], d[3], s[3][3], p[3][3], pd[3];
+        double c[GF_COV_MAX_PARAMS] = {0}, mu[3], x[3], d[3], s[3][3], p[3][3], pd[3];
         memcpy(c, pr.cov, sizeof(double) * mode);
         memcpy(mu, pr.mu, sizeof mu);
         ref_sigma(mode, c, eps, s);
