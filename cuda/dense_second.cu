@@ -1,5 +1,5 @@
 /*
- * gf_cuda_second.cu - the double backward on CUDA (gaussfield.h, "Second order"): the
+ * dense_second.cu - the double backward on CUDA (gaussfield.h, "Second order"): the
  * gradients of Phi = <direction, backward> with respect to grad_out (the JVP of f, which
  * forward mode uses), x, means, the whitening factor and the weights, over every pair
  * (no culling).  The pair maths is gf_math.h's (gf_pair_along and what follows it), as on
@@ -22,28 +22,16 @@
 #include <algorithm>
 #include <cstdint>
 
-#include "gf_cuda_common.cuh"
+#include "common.cuh"
+#include "static_switch.h"
 
 namespace {
+
+using namespace gf_cuda;
 
 constexpr int kPoints = 128;    /* threads of a points block, Gaussians staged per tile */
 constexpr int kGaussWarps = 8;  /* Gaussians of a gaussians block */
 constexpr int kCB = 8;          /* channels a pass */
-
-template <typename T>
-struct Second;
-template <>
-struct Second<float> {
-    using dir = gf_dir_record_f32;
-    using pair = gf_pair_dir_f32;
-    using rho = gf_pair_rho_f32;
-};
-template <>
-struct Second<double> {
-    using dir = gf_dir_record_f64;
-    using pair = gf_pair_dir_f64;
-    using rho = gf_pair_rho_f64;
-};
 
 template <typename T>
 __device__ __forceinline__ T at2(const void *a, const int64_t stride[2], int64_t i, int64_t c) {
@@ -77,15 +65,10 @@ __device__ __forceinline__ void ts_of(const gf_params &p, int64_t b, int64_t n, 
 template <typename T>
 __global__ void __launch_bounds__(256)
     second_records_kernel(gf_params p, typename Types<T>::rec *records,
-                          typename Second<T>::dir *dirs) {
+                          typename Types<T>::dir *dirs) {
     const int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
     if (n >= p.num_gaussians) return;
-    const T *means = static_cast<const T *>(p.means);
-    const T *cov = static_cast<const T *>(p.cov);
-    const T *weights = static_cast<const T *>(p.weights);
-    gf_record_init(records + n, means + n * p.means_stride[0], p.means_stride[1],
-                   cov + n * p.cov_stride[0], p.cov_stride[1],
-                   weights[n * p.weights_stride[0]], p.cov_mode, p.eps, p.cutoff);
+    record_of<T>(p, n, records + n);
     const T *dm = static_cast<const T *>(p.dir_means), *dc = static_cast<const T *>(p.dir_cov);
     gf_dir_record_init(dirs + n, dm ? dm + n * p.dir_means_stride[0] : nullptr,
                        p.dir_means_stride[1], dc ? dc + n * p.dir_cov_stride[0] : nullptr,
@@ -95,9 +78,9 @@ __global__ void __launch_bounds__(256)
 template <typename T, bool kCut>
 __global__ void __launch_bounds__(kPoints)
     second_points_kernel(gf_params p, const typename Types<T>::rec *records,
-                         const typename Second<T>::dir *dirs) {
+                         const typename Types<T>::dir *dirs) {
     using rec_t = typename Types<T>::rec;
-    using dir_t = typename Second<T>::dir;
+    using dir_t = typename Types<T>::dir;
     __shared__ rec_t s_rec[kPoints];
     __shared__ dir_t s_dir[kPoints];
     const int64_t b = int64_t(blockIdx.x) * kPoints + threadIdx.x;
@@ -131,7 +114,7 @@ __global__ void __launch_bounds__(kPoints)
                 const int64_t n = base + e;
                 const rec_t r = s_rec[e];
                 const dir_t a = s_dir[e];
-                const typename Second<T>::pair q =
+                const typename Types<T>::pair q =
                     gf_pair_along(&r, &a, x[0], x[1], x[2], ax[0], ax[1], ax[2], kCut);
 #pragma unroll
                 for (int c = 0; c < kCB; ++c)
@@ -144,7 +127,7 @@ __global__ void __launch_bounds__(kPoints)
                 if (point_grad) {
                     T t, s;
                     ts_of<T>(p, b, n, r.w, t, s);
-                    const typename Second<T>::rho o = gf_pair_rho_of(&q, t, s);
+                    const typename Types<T>::rho o = gf_pair_rho_of(&q, t, s);
                     T v[3] = {T(0), T(0), T(0)};
                     gf_pair_second_point_add(&r, &a, &o, v);
 #pragma unroll
@@ -164,9 +147,9 @@ __global__ void __launch_bounds__(kPoints)
 template <typename T, bool kCut>
 __global__ void __launch_bounds__(kGaussWarps *kWarp)
     second_gaussians_kernel(gf_params p, const typename Types<T>::rec *records,
-                            const typename Second<T>::dir *dirs) {
+                            const typename Types<T>::dir *dirs) {
     using rec_t = typename Types<T>::rec;
-    using dir_t = typename Second<T>::dir;
+    using dir_t = typename Types<T>::dir;
     const int lane = threadIdx.x % kWarp;
     const int64_t n = int64_t(blockIdx.x) * kGaussWarps + threadIdx.x / kWarp;
     if (n >= p.num_gaussians) return; /* whole warps, no block barrier */
@@ -191,7 +174,7 @@ __global__ void __launch_bounds__(kGaussWarps *kWarp)
             T x[3], ax[3];
             load_point<T>(p, b, x[0], x[1], x[2]);
             row3<T>(p.dir_x, p.dir_x_stride, b, ax);
-            const typename Second<T>::pair q =
+            const typename Types<T>::pair q =
                 gf_pair_along(&r, &a, x[0], x[1], x[2], ax[0], ax[1], ax[2], kCut);
 #pragma unroll
             for (int c = 0; c < kCB; ++c)
@@ -200,7 +183,7 @@ __global__ void __launch_bounds__(kGaussWarps *kWarp)
             if (geo) {
                 T t, s;
                 ts_of<T>(p, b, n, r.w, t, s);
-                const typename Second<T>::rho o = gf_pair_rho_of(&q, t, s);
+                const typename Types<T>::rho o = gf_pair_rho_of(&q, t, s);
                 T v[GF_NUM_SUMS2];
 #pragma unroll
                 for (int k = 0; k < GF_NUM_SUMS2; ++k) v[k] = T(0);
@@ -255,17 +238,11 @@ gf_status run_second(const gf_params &p, unsigned char *ws, cudaStream_t stream,
     if (B == 0 || N == 0) {
         void *outs[5] = {p.grad_grad_out, p.grad_x, p.grad_means, p.grad_cov, p.grad_weights};
         const int64_t sizes[5] = {B * p.num_channels, 3 * B, 3 * N, 9 * N, N * p.num_channels};
-        for (int i = 0; i < 5; ++i) {
-            if (!outs[i] || sizes[i] == 0) continue;
-            const gf_status st = cuda_status(
-                cudaMemsetAsync(outs[i], 0, size_t(sizes[i]) * sizeof(T), stream), cuda_error);
-            if (st != GF_OK) return st;
-        }
-        return GF_OK;
+        return zero_buffers(outs, sizes, 5, sizeof(T), stream, cuda_error);
     }
     const SecondLayout l = second_layout(p);
     auto *records = reinterpret_cast<typename Types<T>::rec *>(ws + l.records);
-    auto *dirs = reinterpret_cast<typename Second<T>::dir *>(ws + l.dirs);
+    auto *dirs = reinterpret_cast<typename Types<T>::dir *>(ws + l.dirs);
     if (!grid_fits(ceil_div(N, 256)) || !grid_fits(ceil_div(B, kPoints)) ||
         !grid_fits(ceil_div(N, kGaussWarps)))
         return GF_ERR_BAD_SIZE;
@@ -274,20 +251,17 @@ gf_status run_second(const gf_params &p, unsigned char *ws, cudaStream_t stream,
     const bool cut = gf_has_cutoff(p.cutoff);
     if (p.grad_grad_out || p.grad_x) {
         const unsigned blocks = unsigned(ceil_div(B, kPoints));
-        if (cut)
-            second_points_kernel<T, true><<<blocks, kPoints, 0, stream>>>(p, records, dirs);
-        else
-            second_points_kernel<T, false><<<blocks, kPoints, 0, stream>>>(p, records, dirs);
+        GF_BOOL_SWITCH(cut, kCut, [&] {
+            second_points_kernel<T, kCut><<<blocks, kPoints, 0, stream>>>(p, records, dirs);
+        });
         GF_LAUNCH_CHECK(cuda_error);
     }
     if (p.grad_means || p.grad_cov || p.grad_weights) {
         const unsigned blocks = unsigned(ceil_div(N, kGaussWarps));
-        if (cut)
-            second_gaussians_kernel<T, true><<<blocks, kGaussWarps * kWarp, 0, stream>>>(
+        GF_BOOL_SWITCH(cut, kCut, [&] {
+            second_gaussians_kernel<T, kCut><<<blocks, kGaussWarps * kWarp, 0, stream>>>(
                 p, records, dirs);
-        else
-            second_gaussians_kernel<T, false><<<blocks, kGaussWarps * kWarp, 0, stream>>>(
-                p, records, dirs);
+        });
         GF_LAUNCH_CHECK(cuda_error);
     }
     return GF_OK;
@@ -295,26 +269,18 @@ gf_status run_second(const gf_params &p, unsigned char *ws, cudaStream_t stream,
 
 }  // namespace
 
-extern "C" {
+namespace gf_cuda {
 
-gf_status gf_cuda_double_backward_workspace_bytes(const gf_params *p, size_t *bytes) {
-    const gf_status st = gf_check_params(p);
-    if (st != GF_OK) return st;
-    if (!bytes) return GF_ERR_NULL_POINTER;
-    *bytes = second_layout(*p).total;
-    return GF_OK;
-}
+size_t second_workspace_bytes(const gf_params &p) { return second_layout(p).total; }
 
-gf_status gf_cuda_double_backward(const gf_params *p, void *workspace, size_t workspace_bytes,
-                                  void *stream, int *cuda_error) {
+gf_status launch_dense_second(const gf_params *p, void *workspace, size_t workspace_bytes,
+                              cudaStream_t stream, int *cuda_error) {
     const gf_status st = check_second(p);
     if (st != GF_OK) return st;
     if (workspace_bytes < second_layout(*p).total) return GF_ERR_SMALL_WORKSPACE;
     if (!workspace && p->num_gaussians > 0) return GF_ERR_NULL_POINTER;
     auto *ws = static_cast<unsigned char *>(workspace);
-    auto s = static_cast<cudaStream_t>(stream);
-    return p->dtype == GF_FLOAT32 ? run_second<float>(*p, ws, s, cuda_error)
-                                  : run_second<double>(*p, ws, s, cuda_error);
+    return GF_DTYPE_SWITCH(p->dtype, T, [&] { return run_second<T>(*p, ws, stream, cuda_error); });
 }
 
-}  // extern "C"
+}  // namespace gf_cuda

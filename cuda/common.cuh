@@ -1,9 +1,25 @@
 /*
- * gf_cuda_common.cuh - what the CUDA files share (the dense kernels, gf_cuda.cu, and
- * the culled ones, gf_cuda_cull.cu): the record type per data type, record and channel
- * loads, the records kernel, the workspace alignment, and the status and launch checks
- * of the C API.  Everything here has internal linkage (an anonymous namespace), so each
- * .cu file gets its own copy of the kernels and no symbol crosses files.
+ * common.cuh - what every file of cuda/ shares: the record type per data type, record,
+ * point and channel loads, warp sums, the channel-block rule, fitting a launch to the
+ * device, the workspace alignment, and the status and argument checks of the C API.
+ * Device helpers are inline; host functions shared across files are declared here and
+ * defined once (records.cu).  Everything is in namespace gf_cuda, the C API's
+ * implementation (its extern "C" entry points are entry.cu); kernels stay in anonymous
+ * namespaces of their own files.
+ *
+ * The files, one job each:
+ *   records.cu          the per-Gaussian records (gf_record_init), both paths
+ *   launch_plan.h/.cu   the dense stages' launch plan and workspace layout
+ *   dense_points.cu     dense forward and backward to the points
+ *   dense_gaussians.cu  dense backward to the Gaussians, and its finalize
+ *   dense_second.cu     the double backward (every pair)
+ *   cull.h              the culling's workspaces and the launchers of its stages
+ *   cull_plan.cu        the plan: bbox, grid, each Gaussian's cell count, offsets
+ *   cull_build.cu       the build: points sorted by cell, the cell lists
+ *   culled_points.cu    culled forward and backward to the points
+ *   culled_gaussians.cu culled backward to the Gaussians
+ *   entry.cu            the extern "C" functions of gaussfield.h
+ *   static_switch.h     run-time values to template arguments
  */
 #ifndef GF_CUDA_COMMON_CUH
 #define GF_CUDA_COMMON_CUH
@@ -18,7 +34,7 @@
 #include "gf_common.h"
 #include "gf_math.h"
 
-namespace {
+namespace gf_cuda {
 
 template <typename T>
 struct Types;
@@ -27,12 +43,18 @@ struct Types<float> {
     using rec = gf_record_f32;
     using terms = gf_pair_terms_f32;
     using point_terms = gf_point_terms_f32;
+    using dir = gf_dir_record_f32; /* second order */
+    using pair = gf_pair_dir_f32;
+    using rho = gf_pair_rho_f32;
 };
 template <>
 struct Types<double> {
     using rec = gf_record_f64;
     using terms = gf_pair_terms_f64;
     using point_terms = gf_point_terms_f64;
+    using dir = gf_dir_record_f64;
+    using pair = gf_pair_dir_f64;
+    using rho = gf_pair_rho_f64;
 };
 
 constexpr int kWarp = 32;
@@ -90,6 +112,13 @@ int fit_warps(int want, SmemFn smem_bytes) {
 
 /* Workspace sub-buffers start on 256-byte boundaries. */
 inline size_t align256(size_t v) { return (v + 255) & ~size_t(255); }
+
+/* The channel block CB of C channels: 1 for one channel (the kernels' one-channel path,
+ * which costs what it did before channels existed), 4 for C <= 4 (with 8, half of every
+ * block would be padding), else 8 (one exponential serves 8 channels). */
+inline int channel_block_for(int64_t num_channels) {
+    return num_channels == 1 ? 1 : num_channels <= 4 ? 4 : 8;
+}
 
 /* Number of channel blocks: 1 for the one-channel path. */
 __host__ __device__ __forceinline__ int64_t channel_blocks(int64_t num_channels, int cb) {
@@ -164,20 +193,7 @@ __device__ __forceinline__ double warp_sum(double v) {
     return v;
 }
 
-/* ---- records: one thread per Gaussian ------------------------------------------ */
-template <typename T>
-__global__ void __launch_bounds__(256)
-    records_kernel(gf_params p, typename Types<T>::rec *records) {
-    const int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-    if (n >= p.num_gaussians) return;
-    const T *means = static_cast<const T *>(p.means);
-    const T *cov = static_cast<const T *>(p.cov);
-    const T *weights = static_cast<const T *>(p.weights);
-    gf_record_init(records + n, means + n * p.means_stride[0], p.means_stride[1],
-                   cov + n * p.cov_stride[0], p.cov_stride[1],
-                   weights[n * p.weights_stride[0]], p.cov_mode, p.eps, p.cutoff);
-}
-
+/* A CUDA runtime result as a gf_status (the error itself into *cuda_error). */
 inline gf_status cuda_status(cudaError_t e, int *cuda_error) {
     if (e == cudaSuccess) return GF_OK;
     if (cuda_error) *cuda_error = int(e);
@@ -190,16 +206,21 @@ inline gf_status cuda_status(cudaError_t e, int *cuda_error) {
         if (st_ != GF_OK) return st_;                                      \
     } while (0)
 
+/* The record of Gaussian n of p (gf_record_init on its strided inputs). */
 template <typename T>
-gf_status launch_records(const gf_params &p, typename Types<T>::rec *records,
-                         cudaStream_t stream, int *cuda_error) {
-    const int threads = 256;
-    if (!grid_fits(ceil_div(p.num_gaussians, threads))) return GF_ERR_BAD_SIZE;
-    const unsigned blocks = unsigned(ceil_div(p.num_gaussians, threads));
-    records_kernel<T><<<blocks, threads, 0, stream>>>(p, records);
-    GF_LAUNCH_CHECK(cuda_error);
-    return GF_OK;
+__device__ __forceinline__ void record_of(const gf_params &p, int64_t n,
+                                          typename Types<T>::rec *r) {
+    const T *means = static_cast<const T *>(p.means);
+    const T *cov = static_cast<const T *>(p.cov);
+    const T *weights = static_cast<const T *>(p.weights);
+    gf_record_init(r, means + n * p.means_stride[0], p.means_stride[1], cov + n * p.cov_stride[0],
+                   p.cov_stride[1], weights[n * p.weights_stride[0]], p.cov_mode, p.eps, p.cutoff);
 }
+
+/* The records of every Gaussian (gf_record_init, one thread each) into `records`
+ * (gf_records_bytes(p.dtype, N) bytes). */
+gf_status launch_records(const gf_params &p, void *records, cudaStream_t stream,
+                         int *cuda_error);
 
 /* The argument checks of a forward (backward = false) or backward problem: gf_params'
  * common checks and the pointers that the inputs of a non-empty problem need. */
@@ -214,24 +235,38 @@ inline gf_status check_problem(const gf_params *p, bool backward) {
     return GF_OK;
 }
 
-/* Zeros in the wanted outputs of an empty problem (every sum is empty). */
-template <typename T>
-gf_status zero_outputs(const gf_params &p, bool backward, cudaStream_t stream,
-                       int *cuda_error) {
-    const int64_t B = p.num_points, N = p.num_gaussians, C = p.num_channels;
-    void *outs[5] = {backward ? nullptr : p.out, backward ? p.grad_x : nullptr,
-                     backward ? p.grad_means : nullptr, backward ? p.grad_cov : nullptr,
-                     backward ? p.grad_weights : nullptr};
-    const int64_t sizes[5] = {B * C, 3 * B, 3 * N, int64_t(gf_cov_params(p.cov_mode)) * N, N * C};
-    for (int i = 0; i < 5; ++i) {
-        if (!outs[i] || sizes[i] == 0) continue;
+/* Zeros in `count` device buffers (NULL or of size 0: skipped) of sizes[i] elements of
+ * elem_bytes each. */
+inline gf_status zero_buffers(void *const *bufs, const int64_t *sizes, int count,
+                              size_t elem_bytes, cudaStream_t stream, int *cuda_error) {
+    for (int i = 0; i < count; ++i) {
+        if (!bufs[i] || sizes[i] == 0) continue;
         const gf_status st = cuda_status(
-            cudaMemsetAsync(outs[i], 0, size_t(sizes[i]) * sizeof(T), stream), cuda_error);
+            cudaMemsetAsync(bufs[i], 0, size_t(sizes[i]) * elem_bytes, stream), cuda_error);
         if (st != GF_OK) return st;
     }
     return GF_OK;
 }
 
-}  // namespace
+/* Zeros in the wanted outputs of an empty problem (every sum is empty). */
+template <typename T>
+inline gf_status zero_outputs(const gf_params &p, bool backward, cudaStream_t stream,
+                              int *cuda_error) {
+    const int64_t B = p.num_points, N = p.num_gaussians, C = p.num_channels;
+    void *outs[5] = {backward ? nullptr : p.out, backward ? p.grad_x : nullptr,
+                     backward ? p.grad_means : nullptr, backward ? p.grad_cov : nullptr,
+                     backward ? p.grad_weights : nullptr};
+    const int64_t sizes[5] = {B * C, 3 * B, 3 * N, int64_t(gf_cov_params(p.cov_mode)) * N, N * C};
+    return zero_buffers(outs, sizes, 5, sizeof(T), stream, cuda_error);
+}
+
+/* zero_outputs in the problem's dtype. */
+inline gf_status zero_outputs_of(const gf_params &p, bool backward, cudaStream_t stream,
+                                 int *cuda_error) {
+    if (p.dtype == GF_FLOAT32) return zero_outputs<float>(p, backward, stream, cuda_error);
+    return zero_outputs<double>(p, backward, stream, cuda_error);
+}
+
+}  // namespace gf_cuda
 
 #endif /* GF_CUDA_COMMON_CUH */

@@ -1,0 +1,242 @@
+/*
+ * culled_points.cu - the culled forward and backward to the points (the first half of
+ * gf_cuda_culled_forward / gf_cuda_culled_backward), over the structure that
+ * cull_build.cu builds.
+ *
+ * points_kernel (forward, backward to x): a block of 128 threads owns one chunk of one
+ * cell, at most 256 points (a cell's points split into ceil(n / 256) chunks of whole
+ * groups of 32): thread t holds point t and, where the chunk has more than 128, point
+ * t + 128, so that a warp with two slots evaluates each record it reads from shared
+ * memory against two points.  The block walks the cell's list (cell num_cells: every
+ * Gaussian) in list order, 128 records at a time gathered into shared memory, so each
+ * point's sum runs over its cell's Gaussians in ascending index order: one owner per
+ * output row, no reduction.  Channels as in dense_points.cu: CB = 1 uses the record's
+ * weight; C > 1 stages the weights of a block of CB = 4 or 8 channels beside the
+ * records; the forward spreads the channel blocks over grid.y, the backward to x loops
+ * over them in order.
+ */
+#include <algorithm>
+#include <cstdint>
+
+#include "cull.cuh"
+#include "static_switch.h"
+
+namespace {
+
+using namespace gf_cuda;
+
+constexpr int kBatch = kChunkThreads; /* records staged per batch (one per thread) */
+/* The record values the pair functions read (mx .. nkq): 3 vectors (float), 6 (double). */
+constexpr int kPairVals = 12;
+
+/* The pair values of a record (mx .. nkq), from global memory into a staging slot. */
+template <typename T>
+__device__ __forceinline__ void stage_pair_values(const typename Types<T>::rec *r, T *dst) {
+    constexpr int kVecs = kPairVals * int(sizeof(T)) / 16;
+    const uint4 *s = reinterpret_cast<const uint4 *>(r);
+    uint4 *d = reinterpret_cast<uint4 *>(dst);
+#pragma unroll
+    for (int q = 0; q < kVecs; ++q) d[q] = s[q];
+}
+
+/* A record rebuilt in registers from a staging slot (the padding, never read, is 0). */
+template <typename T>
+__device__ __forceinline__ typename Types<T>::rec load_pair_values(const T *src) {
+    using rec_t = typename Types<T>::rec;
+    constexpr int kVecs = kPairVals * int(sizeof(T)) / 16;
+    union {
+        rec_t r;
+        uint4 v[sizeof(rec_t) / 16];
+    } u;
+    const uint4 *s = reinterpret_cast<const uint4 *>(src);
+#pragma unroll
+    for (int q = 0; q < int(sizeof(rec_t) / 16); ++q)
+        u.v[q] = q < kVecs ? s[q] : make_uint4(0u, 0u, 0u, 0u);
+    return u.r;
+}
+
+/* One staged batch of `count` records against a warp's R point slots (R = 2 when the
+ * warp holds a second slot of points: each record loaded from shared memory then serves
+ * two pairs).  Sums in the list's order, per slot. */
+template <typename T, int CB, bool kGradX, int R>
+__device__ __forceinline__ void points_batch(const T *s_rec, const T *s_w, int count,
+                                             const StagedPoint<T> (&sp)[2],
+                                             const T (&grad)[2][CB], T (&acc)[2][CB],
+                                             T (&gx)[2][3]) {
+    using rec_t = typename Types<T>::rec;
+    constexpr int kUnroll = CB == 1 && R == 1 ? 2 : 1;
+#pragma unroll kUnroll
+    for (int e = 0; e < count; ++e) {
+        const rec_t r = load_pair_values<T>(s_rec + e * kPairVals);
+        T w[CB];
+        if constexpr (CB == 1)
+            w[0] = r.w;
+        else
+            load_channels<T, CB>(s_w + e * CB, w);
+#pragma unroll
+        for (int q = 0; q < R; ++q) {
+            if constexpr (kGradX) {
+                T t = w[0];
+                if constexpr (CB > 1) {
+                    t = T(0);
+#pragma unroll
+                    for (int a = 0; a < CB; ++a) t += grad[q][a] * w[a];
+                }
+                const typename Types<T>::point_terms v =
+                    gf_pair_vjp_point(&r, sp[q].x, sp[q].y, sp[q].z, 1);
+                const T tg = t * v.g;
+                gx[q][0] += tg * v.vx;
+                gx[q][1] += tg * v.vy;
+                gx[q][2] += tg * v.vz;
+            } else {
+                const T g = gf_pair_value(&r, sp[q].x, sp[q].y, sp[q].z, 1);
+#pragma unroll
+                for (int a = 0; a < CB; ++a) acc[q][a] += w[a] * g;
+            }
+        }
+    }
+}
+
+template <typename T, int CB, bool kGradX>
+__global__ void __launch_bounds__(kChunkThreads)
+    points_kernel(gf_params p, int64_t num_cells, const typename Types<T>::rec *records,
+                  const StagedPoint<T> *points, const int64_t *order,
+                  const int64_t *cell_start, const int64_t *chunk_start,
+                  const int64_t *list_start, const int32_t *list) {
+    __shared__ __align__(16) T s_rec[kBatch * kPairVals];
+    __shared__ __align__(16) T s_w[CB > 1 ? kBatch * CB : 1];
+
+    const int64_t j = blockIdx.x;
+    if (j >= chunk_start[num_cells + 1]) return; /* the grid is an upper bound */
+    /* the chunk's cell: the last c with chunk_start[c] <= j */
+    int64_t lo = 0, hi = num_cells;
+    while (lo < hi) {
+        const int64_t mid = lo + (hi - lo + 1) / 2;
+        if (chunk_start[mid] <= j) lo = mid;
+        else hi = mid - 1;
+    }
+    const int64_t c = lo;
+    /* chunk k of m: whole groups of 32 of the cell's points, near-equal shares, at most
+     * kChunk / 32 groups; warp w holds group w in slot 0 and group w + kChunkWarps in
+     * slot 1 */
+    const int64_t k = j - chunk_start[c], m = chunk_start[c + 1] - chunk_start[c];
+    const int64_t s = cell_start[c], n = cell_start[c + 1] - s;
+    const int64_t groups = ceil_div(n, kWarp);
+    const int64_t p0 = s + kWarp * (groups * k / m);
+    const int64_t p1 = min(s + n, s + kWarp * (groups * (k + 1) / m));
+    const int warp = threadIdx.x / kWarp;
+    const bool warp_active = p0 + int64_t(warp) * kWarp < p1;
+    const bool warp_two = p0 + int64_t(warp + kChunkWarps) * kWarp < p1;
+    const int64_t idx[2] = {p0 + threadIdx.x, p0 + kChunkThreads + threadIdx.x};
+    bool active[2];
+    StagedPoint<T> sp[2];
+    int64_t b[2] = {0, 0};
+#pragma unroll
+    for (int q = 0; q < 2; ++q) {
+        active[q] = idx[q] < p1;
+        sp[q] = {T(0), T(0), T(0), T(0)};
+        if (active[q]) {
+            sp[q] = points[idx[q]];
+            b[q] = order[idx[q]];
+        }
+    }
+    const bool implicit = c == num_cells; /* the non-finite cell: every Gaussian */
+    const int64_t list_begin = implicit ? 0 : list_start[c];
+    const int64_t len = implicit ? p.num_gaussians : list_start[c + 1] - list_begin;
+
+    const int64_t C = p.num_channels;
+    const int64_t num_cb = channel_blocks(C, CB);
+    const T *weights = static_cast<const T *>(p.weights);
+    const T *grad_out = static_cast<const T *>(p.grad_out);
+    T gx[2][3] = {{T(0), T(0), T(0)}, {T(0), T(0), T(0)}}; /* backward to x: all blocks */
+
+    for (int64_t cb = kGradX ? 0 : blockIdx.y; cb < num_cb; cb += kGradX ? 1 : gridDim.y) {
+        const int64_t c0 = cb * CB;
+        T acc[2][CB]; /* forward: out[b, c0 .. c0 + CB) per slot */
+#pragma unroll
+        for (int q = 0; q < 2; ++q)
+#pragma unroll
+            for (int a = 0; a < CB; ++a) acc[q][a] = T(0);
+        T grad[2][CB]; /* backward to x with C > 1: G of the slot's point, this block */
+        if constexpr (kGradX && CB > 1) {
+#pragma unroll
+            for (int q = 0; q < 2; ++q)
+                load_channels_global<T, CB>(grad_out, p.grad_out_stride,
+                                            active[q] ? p.num_points : 0, C, b[q], c0, grad[q]);
+        }
+        for (int64_t base = 0; base < len; base += kBatch) {
+            const int count = int(min(int64_t(kBatch), len - base));
+            __syncthreads(); /* the last batch is read */
+            for (int e = threadIdx.x; e < count; e += kChunkThreads) {
+                const int64_t gi = implicit ? base + e : int64_t(list[list_begin + base + e]);
+                stage_pair_values<T>(records + gi, s_rec + e * kPairVals);
+                if constexpr (CB > 1) {
+#pragma unroll
+                    for (int a = 0; a < CB; ++a)
+                        s_w[e * CB + a] =
+                            c0 + a < C ? weights[gi * p.weights_stride[0] +
+                                                 (c0 + a) * p.weights_stride[1]]
+                                       : T(0);
+                }
+            }
+            __syncthreads();
+            if (!warp_active) continue;
+            if (warp_two)
+                points_batch<T, CB, kGradX, 2>(s_rec, s_w, count, sp, grad, acc, gx);
+            else
+                points_batch<T, CB, kGradX, 1>(s_rec, s_w, count, sp, grad, acc, gx);
+        }
+        if (!kGradX) {
+            T *out = static_cast<T *>(p.out);
+#pragma unroll
+            for (int q = 0; q < 2; ++q)
+                if (active[q]) {
+#pragma unroll
+                    for (int a = 0; a < CB; ++a)
+                        if (c0 + a < C) out[b[q] * C + c0 + a] = acc[q][a];
+                }
+        }
+    }
+    if constexpr (kGradX) {
+        T *grad_x = static_cast<T *>(p.grad_x);
+#pragma unroll
+        for (int q = 0; q < 2; ++q)
+            if (active[q]) {
+                T scale = T(-GF_TWO_LN2);
+                if constexpr (CB == 1) scale *= sp[q].g; /* t = G w: G applied once here */
+#pragma unroll
+                for (int a = 0; a < 3; ++a) grad_x[3 * b[q] + a] = scale * gx[q][a];
+            }
+    }
+}
+
+}  // namespace
+
+namespace gf_cuda {
+
+gf_status launch_culled_points(const gf_params &p, const gf_cull_plan &plan,
+                               const void *records, const void *points, const int64_t *order,
+                               const int64_t *cell_start, const int64_t *chunk_start,
+                               const int64_t *list_start, const int32_t *list, bool grad_x,
+                               cudaStream_t stream, int *cuda_error) {
+    /* at most ceil(B / kChunk) + num_cells + 1 chunks; the blocks past the last exit */
+    const int64_t blocks = ceil_div(p.num_points, kChunk) + plan.num_cells + 1;
+    if (!grid_fits(blocks)) return GF_ERR_BAD_SIZE;
+    const int cbv = channel_block_for(p.num_channels);
+    GF_DTYPE_SWITCH(p.dtype, T, [&] {
+        GF_CHANNEL_BLOCK_SWITCH(cbv, CB, [&] {
+            GF_BOOL_SWITCH(grad_x, kGradX, [&] {
+                const int64_t num_cb = kGradX ? 1 : channel_blocks(p.num_channels, CB);
+                const dim3 grid(unsigned(blocks), unsigned(std::min<int64_t>(num_cb, 65535)));
+                points_kernel<T, CB, kGradX><<<grid, kChunkThreads, 0, stream>>>(
+                    p, plan.num_cells, static_cast<const typename Types<T>::rec *>(records),
+                    static_cast<const StagedPoint<T> *>(points), order, cell_start, chunk_start,
+                    list_start, list);
+            });
+        });
+    });
+    GF_LAUNCH_CHECK(cuda_error);
+    return GF_OK;
+}
+
+}  // namespace gf_cuda
