@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "culling.h"
-#include "gaussfield_ext.h"
+#include "problem.h"
 
 namespace gaussfield {
 namespace {
@@ -94,12 +94,10 @@ BackwardResult gaussian_field_backward_cpu(const at::Tensor& grad_out, const at:
                                            const at::Tensor& weights, double eps,
                                            std::optional<double> cutoff,
                                            std::array<bool, 4> output_mask) {
-  Problem prob = make_problem(x, means, cov, weights, eps, cutoff, grad_out);
-  gf_params& p = prob.params;
-  std::array<at::Tensor, 4> grads = allocate_grads(x, means, cov, weights, p, output_mask);
-  set_grad_outputs(p, grads);
-  const bool any_wanted = p.grad_x || p.grad_means || p.grad_cov || p.grad_weights;
-  if (p.num_points > 0 && p.num_gaussians > 0 && any_wanted) {
+  BackwardProblem bp =
+      make_backward_problem(grad_out, x, means, cov, weights, eps, cutoff, output_mask);
+  gf_params& p = bp.prob.params;
+  if (bp.has_work) {
     at::Tensor records = records_for(p, x);
     p.records = records.data_ptr();
     if (auto culled = cull_for(p, x, culling_mode())) {
@@ -115,7 +113,7 @@ BackwardResult gaussian_field_backward_cpu(const at::Tensor& grad_out, const at:
         check_status(gf_cpu_culled_backward_gaussians(&p, &plan, ws, begin, end),
                      "culled backward (gaussians)");
       });
-      return {grads[0], grads[1], grads[2], grads[3]};
+      return bp.result();
     }
     if (p.grad_x) {
       at::parallel_for(0, p.num_points, grain(p.num_gaussians), [&](int64_t begin, int64_t end) {
@@ -135,7 +133,7 @@ BackwardResult gaussian_field_backward_cpu(const at::Tensor& grad_out, const at:
                        });
     }
   }
-  return {grads[0], grads[1], grads[2], grads[3]};
+  return bp.result();
 }
 
 SecondResult gaussian_field_double_backward_cpu(
@@ -144,11 +142,10 @@ SecondResult gaussian_field_double_backward_cpu(
     const std::optional<at::Tensor>& dir_x, const std::optional<at::Tensor>& dir_means,
     const std::optional<at::Tensor>& dir_cov, const std::optional<at::Tensor>& dir_weights,
     std::array<bool, 5> output_mask) {
-  Problem prob = make_second_problem(grad_out, x, means, cov, weights, eps, cutoff, dir_x,
-                                     dir_means, dir_cov, dir_weights, output_mask);
-  gf_params& p = prob.params;
-  SecondResult r = allocate_second(x, means, cov, weights, p, output_mask);
-  if (p.num_points == 0 || p.num_gaussians == 0) return r;
+  SecondProblem sp = make_second_problem(grad_out, x, means, cov, weights, eps, cutoff, dir_x,
+                                         dir_means, dir_cov, dir_weights, output_mask);
+  gf_params& p = sp.prob.params;
+  if (!sp.has_work) return sp.result;
   at::Tensor records = records_for(p, x);
   p.records = records.data_ptr();
   if (p.grad_grad_out || p.grad_x) {
@@ -162,7 +159,7 @@ SecondResult gaussian_field_double_backward_cpu(
                    "double backward (gaussians)");
     });
   }
-  return r;
+  return sp.result;
 }
 
 // [cells x, y, z, cell size, list length, pairs estimate, pairs evaluated, workspace

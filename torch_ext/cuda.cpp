@@ -11,7 +11,7 @@
 #include <optional>
 
 #include "culling.h"
-#include "gaussfield_ext.h"
+#include "problem.h"
 
 namespace gaussfield {
 namespace {
@@ -44,7 +44,8 @@ at::Tensor workspace_for(const gf_params& p, bool backward, const at::Tensor& li
   return at::empty({static_cast<int64_t>(*bytes)}, like.options().dtype(at::kByte));
 }
 
-// The GPU's culling policy: cells of about 128 points (a block's chunk), plan from 2^26
+// The GPU's culling policy: cells of about 128 points (a culled points block holds up to
+// 256 of a cell, two a thread, so a cell is one block), plan from 2^26
 // pairs (below, the dense kernels take tens of microseconds, what the plan's
 // synchronisation costs), culled when the plan's pairs are under a third of B x N (a
 // culled pair costs more than a dense one: gathered records, partial chunks).
@@ -133,12 +134,10 @@ BackwardResult gaussian_field_backward_cuda(const at::Tensor& grad_out, const at
                                             const at::Tensor& weights, double eps,
                                             std::optional<double> cutoff,
                                             std::array<bool, 4> output_mask) {
-  Problem prob = make_problem(x, means, cov, weights, eps, cutoff, grad_out);
-  gf_params& p = prob.params;
-  std::array<at::Tensor, 4> grads = allocate_grads(x, means, cov, weights, p, output_mask);
-  set_grad_outputs(p, grads);
-  const bool any_wanted = p.grad_x || p.grad_means || p.grad_cov || p.grad_weights;
-  if (p.num_points > 0 && p.num_gaussians > 0 && any_wanted) {
+  BackwardProblem bp =
+      make_backward_problem(grad_out, x, means, cov, weights, eps, cutoff, output_mask);
+  gf_params& p = bp.prob.params;
+  if (bp.has_work) {
     const c10::cuda::CUDAGuard guard(x.device());
     int cuda_error = 0;
     if (auto culled = cull_for(p, x, true)) {
@@ -149,7 +148,7 @@ BackwardResult gaussian_field_backward_cuda(const at::Tensor& grad_out, const at
                                          c10::cuda::getCurrentCUDAStream().stream(),
                                          &cuda_error),
                  cuda_error, "culled backward");
-      return {grads[0], grads[1], grads[2], grads[3]};
+      return bp.result();
     }
     size_t bytes = 0;
     at::Tensor workspace = workspace_for(p, true, x, &bytes);
@@ -157,7 +156,7 @@ BackwardResult gaussian_field_backward_cuda(const at::Tensor& grad_out, const at
                                 c10::cuda::getCurrentCUDAStream().stream(), &cuda_error),
                cuda_error, "backward");
   }
-  return {grads[0], grads[1], grads[2], grads[3]};
+  return bp.result();
 }
 
 SecondResult gaussian_field_double_backward_cuda(
@@ -166,11 +165,10 @@ SecondResult gaussian_field_double_backward_cuda(
     const std::optional<at::Tensor>& dir_x, const std::optional<at::Tensor>& dir_means,
     const std::optional<at::Tensor>& dir_cov, const std::optional<at::Tensor>& dir_weights,
     std::array<bool, 5> output_mask) {
-  Problem prob = make_second_problem(grad_out, x, means, cov, weights, eps, cutoff, dir_x,
-                                     dir_means, dir_cov, dir_weights, output_mask);
-  gf_params& p = prob.params;
-  SecondResult r = allocate_second(x, means, cov, weights, p, output_mask);
-  if (p.num_points == 0 || p.num_gaussians == 0) return r;
+  SecondProblem sp = make_second_problem(grad_out, x, means, cov, weights, eps, cutoff, dir_x,
+                                         dir_means, dir_cov, dir_weights, output_mask);
+  gf_params& p = sp.prob.params;
+  if (!sp.has_work) return sp.result;
   const c10::cuda::CUDAGuard guard(x.device());
   size_t bytes = 0;
   check_cuda(gf_cuda_double_backward_workspace_bytes(&p, &bytes), 0, "workspace size");
@@ -179,7 +177,7 @@ SecondResult gaussian_field_double_backward_cuda(
   check_cuda(gf_cuda_double_backward(&p, workspace.data_ptr(), bytes,
                                      c10::cuda::getCurrentCUDAStream().stream(), &cuda_error),
              cuda_error, "double backward");
-  return r;
+  return sp.result;
 }
 
 }  // namespace

@@ -17,8 +17,9 @@
 namespace gaussfield {
 
 // f(x) = sum_n w_n exp(-q_n(x) / 2) [q_n(x) <= cutoff^2] for points x [..., 3], means
-// [N, 3], cov [N, 6] (cov_tril) or [N, 3] (log_scales) and weights [N] or [N, C]; the
-// same contract as the Python gaussfield.gaussian_field.  Differentiable to first order
+// [N, 3], cov [N, 6] (cov_tril), [N, 3] (log_scales), [N, 7] (quaternion and
+// log-scales, as 3D Gaussian Splatting) or [N, 3, 3] (a whitening factor M) and weights
+// [N] or [N, C]; the same contract as the Python gaussfield.gaussian_field.  Differentiable to first order
 // with respect to all four tensors (only the gradients autograd asks for are computed);
 // the backward recomputes every pair term, so memory stays O(B + N).  Thread-safe as
 // any torch function.

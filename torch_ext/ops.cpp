@@ -6,7 +6,7 @@
 
 #include <cmath>
 
-#include "gaussfield_ext.h"
+#include "problem.h"
 
 namespace gaussfield {
 
@@ -29,6 +29,16 @@ void check_like_x(const at::Tensor& t, const char* name, const at::Tensor& x) {
 
 gf_dtype to_gf_dtype(at::ScalarType t) {
   return t == at::kFloat ? GF_FLOAT32 : GF_FLOAT64;
+}
+
+void* data_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
+
+// An input's data and its [rows, cols] strides into a gf_params (cols' stride 0 for a
+// 1-D tensor: one column, weights [N] as [N, 1]).
+void set_input(const at::Tensor& t, const void** data, int64_t stride[2]) {
+  *data = t.data_ptr();
+  stride[0] = t.stride(0);
+  stride[1] = t.dim() >= 2 ? t.stride(1) : 0;
 }
 
 }  // namespace
@@ -116,42 +126,42 @@ Problem make_problem(const at::Tensor& x, const at::Tensor& means, const at::Ten
   p.num_points = prob.x2d.size(0);
   p.num_gaussians = n;
   p.num_channels = channels;
-  p.x = prob.x2d.data_ptr();
-  p.x_stride[0] = prob.x2d.stride(0);
-  p.x_stride[1] = prob.x2d.stride(1);
-  p.means = means.data_ptr();
-  p.means_stride[0] = means.stride(0);
-  p.means_stride[1] = means.stride(1);
+  set_input(prob.x2d, &p.x, p.x_stride);
+  set_input(means, &p.means, p.means_stride);
   // a whitening factor [N, 3, 3] as rows of 9 (a view wherever one exists)
-  const at::Tensor cov2d = whitened ? cov.reshape({n, 9}) : cov;
-  prob.cov2d = cov2d;
-  p.cov = cov2d.data_ptr();
-  p.cov_stride[0] = cov2d.stride(0);
-  p.cov_stride[1] = cov2d.stride(1);
-  p.weights = weights.data_ptr();
-  p.weights_stride[0] = weights.stride(0);
-  p.weights_stride[1] = weights.dim() == 2 ? weights.stride(1) : 0;
+  prob.cov2d = whitened ? cov.reshape({n, 9}) : cov;
+  set_input(prob.cov2d, &p.cov, p.cov_stride);
+  set_input(weights, &p.weights, p.weights_stride);
   if (grad_out.defined()) {
     // grad_out has the result's shape; a view as [B, C] exists for the common layouts
     // (dense, or an expanded scalar from .sum()), otherwise reshape copies.
     at::Tensor g = weights.dim() == 2 ? grad_out.reshape({-1, channels})
                                       : grad_out.reshape({-1, 1});
-    p.grad_out = g.data_ptr();
-    p.grad_out_stride[0] = g.stride(0);
-    p.grad_out_stride[1] = g.stride(1);
+    set_input(g, &p.grad_out, p.grad_out_stride);
     prob.grad_out_flat = g;
   }
   return prob;
 }
 
-Problem make_second_problem(const std::optional<at::Tensor>& grad_out, const at::Tensor& x,
-                            const at::Tensor& means, const at::Tensor& cov,
-                            const at::Tensor& weights, double eps, std::optional<double> cutoff,
-                            const std::optional<at::Tensor>& dir_x,
-                            const std::optional<at::Tensor>& dir_means,
-                            const std::optional<at::Tensor>& dir_cov,
-                            const std::optional<at::Tensor>& dir_weights,
-                            std::array<bool, 5> output_mask) {
+namespace {
+
+// The double backward's wanted outputs (zeros for empty sums), and p's output pointers
+// at them.
+SecondResult allocate_second(const at::Tensor& x, const at::Tensor& means, const at::Tensor& cov,
+                             const at::Tensor& weights, gf_params& p,
+                             std::array<bool, 5> output_mask);
+
+}  // namespace
+
+SecondProblem make_second_problem(const std::optional<at::Tensor>& grad_out, const at::Tensor& x,
+                                  const at::Tensor& means, const at::Tensor& cov,
+                                  const at::Tensor& weights, double eps,
+                                  std::optional<double> cutoff,
+                                  const std::optional<at::Tensor>& dir_x,
+                                  const std::optional<at::Tensor>& dir_means,
+                                  const std::optional<at::Tensor>& dir_cov,
+                                  const std::optional<at::Tensor>& dir_weights,
+                                  std::array<bool, 5> output_mask) {
   TORCH_CHECK(is_whitening_factor(cov),
               "gaussian_field_double_backward: cov must be a whitening factor [N, 3, 3] (the "
               "parameterisations' own derivatives are applied around the op), got ",
@@ -177,28 +187,20 @@ Problem make_second_problem(const std::optional<at::Tensor>& grad_out, const at:
   check_dir(dir_weights, weights, "dir_weights");
   if (dir_x.has_value()) {
     prob.dir_x2d = dir_x->reshape({-1, 3});
-    p.dir_x = prob.dir_x2d.data_ptr();
-    p.dir_x_stride[0] = prob.dir_x2d.stride(0);
-    p.dir_x_stride[1] = prob.dir_x2d.stride(1);
+    set_input(prob.dir_x2d, &p.dir_x, p.dir_x_stride);
   }
-  if (dir_means.has_value()) {
-    p.dir_means = dir_means->data_ptr();
-    p.dir_means_stride[0] = dir_means->stride(0);
-    p.dir_means_stride[1] = dir_means->stride(1);
-  }
+  if (dir_means.has_value()) set_input(*dir_means, &p.dir_means, p.dir_means_stride);
   if (dir_cov.has_value()) {
     prob.dir_cov2d = dir_cov->reshape({cov.size(0), 9});
-    p.dir_cov = prob.dir_cov2d.data_ptr();
-    p.dir_cov_stride[0] = prob.dir_cov2d.stride(0);
-    p.dir_cov_stride[1] = prob.dir_cov2d.stride(1);
+    set_input(prob.dir_cov2d, &p.dir_cov, p.dir_cov_stride);
   }
-  if (dir_weights.has_value()) {
-    p.dir_weights = dir_weights->data_ptr();
-    p.dir_weights_stride[0] = dir_weights->stride(0);
-    p.dir_weights_stride[1] = dir_weights->dim() == 2 ? dir_weights->stride(1) : 0;
-  }
-  return prob;
+  if (dir_weights.has_value()) set_input(*dir_weights, &p.dir_weights, p.dir_weights_stride);
+  SecondResult result = allocate_second(x, means, cov, weights, p, output_mask);
+  const bool has_work = p.num_points > 0 && p.num_gaussians > 0;
+  return {std::move(prob), std::move(result), has_work};
 }
+
+namespace {
 
 SecondResult allocate_second(const at::Tensor& x, const at::Tensor& means, const at::Tensor& cov,
                              const at::Tensor& weights, gf_params& p,
@@ -212,14 +214,15 @@ SecondResult allocate_second(const at::Tensor& x, const at::Tensor& means, const
   SecondResult r{make(output_mask[0], out_shape), make(output_mask[1], x.sizes()),
                  make(output_mask[2], means.sizes()), make(output_mask[3], cov.sizes()),
                  make(output_mask[4], weights.sizes())};
-  auto ptr = [](const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; };
-  p.grad_grad_out = ptr(std::get<0>(r));
-  p.grad_x = ptr(std::get<1>(r));
-  p.grad_means = ptr(std::get<2>(r));
-  p.grad_cov = ptr(std::get<3>(r));
-  p.grad_weights = ptr(std::get<4>(r));
+  p.grad_grad_out = data_or_null(std::get<0>(r));
+  p.grad_x = data_or_null(std::get<1>(r));
+  p.grad_means = data_or_null(std::get<2>(r));
+  p.grad_cov = data_or_null(std::get<3>(r));
+  p.grad_weights = data_or_null(std::get<4>(r));
   return r;
 }
+
+}  // namespace
 
 at::Tensor allocate_output(const at::Tensor& x, const at::Tensor& weights, const gf_params& p) {
   const at::DimVector shape = output_shape(x, weights);
@@ -244,10 +247,24 @@ std::array<at::Tensor, 4> allocate_grads(const at::Tensor& x, const at::Tensor& 
 }
 
 void set_grad_outputs(gf_params& p, const std::array<at::Tensor, 4>& grads) {
-  p.grad_x = grads[0].defined() ? grads[0].data_ptr() : nullptr;
-  p.grad_means = grads[1].defined() ? grads[1].data_ptr() : nullptr;
-  p.grad_cov = grads[2].defined() ? grads[2].data_ptr() : nullptr;
-  p.grad_weights = grads[3].defined() ? grads[3].data_ptr() : nullptr;
+  p.grad_x = data_or_null(grads[0]);
+  p.grad_means = data_or_null(grads[1]);
+  p.grad_cov = data_or_null(grads[2]);
+  p.grad_weights = data_or_null(grads[3]);
+}
+
+BackwardProblem make_backward_problem(const at::Tensor& grad_out, const at::Tensor& x,
+                                      const at::Tensor& means, const at::Tensor& cov,
+                                      const at::Tensor& weights, double eps,
+                                      std::optional<double> cutoff,
+                                      std::array<bool, 4> output_mask) {
+  BackwardProblem b{make_problem(x, means, cov, weights, eps, cutoff, grad_out), {}, false};
+  gf_params& p = b.prob.params;
+  b.grads = allocate_grads(x, means, cov, weights, p, output_mask);
+  set_grad_outputs(p, b.grads);
+  const bool any_wanted = p.grad_x || p.grad_means || p.grad_cov || p.grad_weights;
+  b.has_work = p.num_points > 0 && p.num_gaussians > 0 && any_wanted;
+  return b;
 }
 
 void check_status(gf_status status, const char* what) {

@@ -1,5 +1,6 @@
-// gaussfield_ext.h - what the CPU and CUDA implementations of the ops share: the one
-// place inputs are validated, and the translation of tensors into a gf_params.
+// problem.h - what the CPU and CUDA implementations of the ops share: the one place
+// inputs are validated (ops.cpp), the translation of tensors into a gf_params, the
+// allocation of outputs, and the dtype promotion of low-precision inputs.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -49,29 +50,47 @@ std::array<at::Tensor, 4> allocate_grads(const at::Tensor& x, const at::Tensor& 
 // Points the output fields of p at the defined tensors among these.
 void set_grad_outputs(gf_params& p, const std::array<at::Tensor, 4>& grads);
 
+using BackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+// The backward's problem: make_problem's, its wanted gradients allocated (zeros for
+// empty sums) and p's outputs pointed at them.  has_work is false where nothing is left
+// to compute (an empty sum, or no gradient wanted): return result() at once.
+struct BackwardProblem {
+  Problem prob;
+  std::array<at::Tensor, 4> grads;
+  bool has_work;
+  BackwardResult result() const { return {grads[0], grads[1], grads[2], grads[3]}; }
+};
+BackwardProblem make_backward_problem(const at::Tensor& grad_out, const at::Tensor& x,
+                                      const at::Tensor& means, const at::Tensor& cov,
+                                      const at::Tensor& weights, double eps,
+                                      std::optional<double> cutoff,
+                                      std::array<bool, 4> output_mask);
+
 // Throws a c10::Error carrying gf_status_string(status) when status != GF_OK.
 void check_status(gf_status status, const char* what);
 
-using BackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 using SecondResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 // The double backward's problem: make_problem's checks, cov a whitening factor, each
 // direction shaped like its input, and grad_out wherever an output but the first is
-// wanted.  The directions' pointers are filled in (NULL for None).
-Problem make_second_problem(const std::optional<at::Tensor>& grad_out, const at::Tensor& x,
-                            const at::Tensor& means, const at::Tensor& cov,
-                            const at::Tensor& weights, double eps, std::optional<double> cutoff,
-                            const std::optional<at::Tensor>& dir_x,
-                            const std::optional<at::Tensor>& dir_means,
-                            const std::optional<at::Tensor>& dir_cov,
-                            const std::optional<at::Tensor>& dir_weights,
-                            std::array<bool, 5> output_mask);
-
-// The wanted outputs of the double backward (zeros for empty sums), and p's output
-// pointers at them: grad_grad_out shaped like the result, the others like their inputs.
-SecondResult allocate_second(const at::Tensor& x, const at::Tensor& means, const at::Tensor& cov,
-                             const at::Tensor& weights, gf_params& p,
-                             std::array<bool, 5> output_mask);
+// wanted; the directions' pointers filled in (NULL for None), the wanted outputs
+// allocated (zeros for empty sums: then has_work is false) and p's output pointers at
+// them: grad_grad_out shaped like the result, the others like their inputs.
+struct SecondProblem {
+  Problem prob;
+  SecondResult result;
+  bool has_work;
+};
+SecondProblem make_second_problem(const std::optional<at::Tensor>& grad_out, const at::Tensor& x,
+                                  const at::Tensor& means, const at::Tensor& cov,
+                                  const at::Tensor& weights, double eps,
+                                  std::optional<double> cutoff,
+                                  const std::optional<at::Tensor>& dir_x,
+                                  const std::optional<at::Tensor>& dir_means,
+                                  const std::optional<at::Tensor>& dir_cov,
+                                  const std::optional<at::Tensor>& dir_weights,
+                                  std::array<bool, 5> output_mask);
 
 // Low-precision inputs.  The C core computes in float32 or float64; an op that receives
 // a float16 or bfloat16 input computes in float32, or in float64 where another input is

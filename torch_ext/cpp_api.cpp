@@ -1,6 +1,7 @@
-// autograd.cpp - gaussfield::gaussian_field for C++ callers (gaussfield.hpp): a
+// cpp_api.cpp - the C++ (LibTorch) API, gaussfield::gaussian_field (gaussfield.hpp): a
 // torch::autograd::Function over the two ops, the pattern of torchvision's C++
-// roi_align autograd.  Forward runs the op below autograd; backward runs the backward
+// roi_align autograd.  (The ops' Autograd kernels for Python are registered by
+// python/gaussfield/autograd.py; this function does not go through them.)  Forward runs the op below autograd; backward runs the backward
 // op with the mask of the gradients autograd wants.  Only the inputs are saved.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
