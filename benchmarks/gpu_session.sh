@@ -41,6 +41,10 @@
 #           call as .gpubuild/ (see prebuilt) instead of building again
 # prebuilt  use .gpubuild/gaussfield (carried) instead of building: PYTHONPATH
 # dist      benchmarks/bench_distributed.py over every GPU seen (DIST_ARGS for more)
+# bitwise   a reshaping's check against the code before it (.bench_old/, carried: a
+#           source tree of the earlier commit): both built for sm_90, every op's outputs
+#           compared bit for bit (benchmarks/bitwise.py), the dense pair rates of both
+#           alternating twice (benchmarks/dense_rate.py)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gaussfield-out}
@@ -243,6 +247,20 @@ PY
     else
       run python3 benchmarks/bench_maths.py --out "$OUT/results"
     fi
+    ;;
+  bitwise)
+    stage bitwise
+    if [ ! -d .bench_old ]; then echo "no .bench_old/: carry the earlier tree"; status=1; continue; fi
+    (cd .bench_old && rm -rf build && python3 -m pip install -q --no-build-isolation --no-deps \
+      --target /tmp/oldpkg . > /tmp/old-build.log 2>&1) || { tail -30 /tmp/old-build.log; status=1; continue; }
+    PYTHONPATH=/tmp/oldpkg run python3 benchmarks/bitwise.py save /tmp/snap-cuda.pt --device cuda
+    run python3 benchmarks/bitwise.py compare /tmp/snap-cuda.pt --device cuda
+    PYTHONPATH=/tmp/oldpkg run python3 benchmarks/bitwise.py save /tmp/snap-cpu.pt
+    run python3 benchmarks/bitwise.py compare /tmp/snap-cpu.pt
+    for round in 1 2; do
+      echo "-- old"; PYTHONPATH=/tmp/oldpkg run python3 benchmarks/dense_rate.py --json "$OUT/results/dense-old-$round.json"
+      echo "-- new"; run python3 benchmarks/dense_rate.py --json "$OUT/results/dense-new-$round.json"
+    done
     ;;
   cullsan)
     stage cullsan
