@@ -183,10 +183,11 @@ gf_status gf_cpu_backward_gaussians(const gf_params *params, int64_t begin, int6
  *
  *  - the bounding box of the points with finite coordinates is cut into cubic cells,
  *    about `points_per_cell` points each if they spread evenly;
- *  - a Gaussian reaches the cells that overlap the box of its ellipsoid (half-extent
+ *  - a Gaussian reaches the cells that its ellipsoid meets: those of its box (half-extent
  *    (1 + GF_CULL_MARGIN) k sqrt(Sigma_ii) around the mean, Sigma the covariance of the
- *    record's factor) and that pass a sphere test (gf_spatial.h); the margin keeps every
- *    pair the per-pair test could keep in the working precision;
+ *    record's factor) that the ellipsoid itself meets, found exactly per row of cells
+ *    (gf_spatial.h); the margin keeps every pair the per-pair test could keep in the
+ *    working precision;
  *  - each cell lists the Gaussians that reach it, in index order, so a point's sums run
  *    over its cell's list in index order and a Gaussian's over its cells in cell order:
  *    the results do not depend on the thread count, and runs are bitwise reproducible;

@@ -10,10 +10,11 @@
  * of the cell can pass the per-pair test.
  *
  * Why the margin.  The per-pair test compares e = -|M' d|^2 computed in the working
- * precision.  The box and the sphere test below are computed in double from the same
- * M' and widened by GF_CULL_MARGIN (relative), which covers the rounding of e unless M'
- * is conditioned beyond ~1e4 in float32; a pair missed there has q within rounding of
- * k^2 and a value below |w| e^{-k^2/2}, the cutoff's own bound.
+ * precision.  The box and the row test below are computed in double from the same M'
+ * for the ellipsoid of radius (1 + GF_CULL_MARGIN) k, which covers the rounding of e
+ * unless M' is conditioned beyond ~1e4 in float32 (e's error is about 10 eps cond(M')
+ * relative); a pair missed there has q within rounding of k^2 and a value below
+ * |w| e^{-k^2/2}, the cutoff's own bound.
  */
 #ifndef GF_SPATIAL_H
 #define GF_SPATIAL_H
@@ -21,7 +22,7 @@
 #include "gf_math.h"
 
 #define GF_CULL_MARGIN (1.0 / 256.0)
-/* A Gaussian whose box spans more cells than this takes all of them without the sphere
+/* A Gaussian whose box spans more cells than this takes all of them without the row
  * test, so that counting its cells is O(1); such a Gaussian culls poorly anyway. */
 #define GF_CULL_TEST_MAX_CELLS 65536
 /* Cells per axis at most, and in all. */
@@ -137,14 +138,36 @@ GF_HD int64_t gf_grid_cell(const gf_cull_plan *g, double x, double y, double z) 
     return ix + g->dims[0] * (iy + g->dims[1] * iz);
 }
 
-/* The cells a Gaussian may reach: the inclusive ranges lo..hi per axis (empty when
- * lo[0] > hi[0]), and the sphere test's data. */
+/*
+ * The cells a Gaussian reaches: the inclusive ranges lo..hi per axis of its box (empty
+ * when lo[0] > hi[0]), and, in each row (iy, iz) of the box, the x-interval of cells that
+ * its ellipsoid E = {d : d^T Sigma'^-1 d <= r2} meets (gf_cull_row), exactly: the row's
+ * cells form a slab {y in [y0, y1], z in [z0, z1]}, E is convex, so the slab's part of E
+ * spans one interval of x, whose ends are the smallest and largest x of E in the slab.
+ * Those are attained (KKT of minimising x over E and the slab's bounds) at one of
+ *   - E's own x-tips, where their (y, z) lies in the slab;
+ *   - the x-tips of E's section by one of the slab's four faces (y = y0, y1 or
+ *     z = z0, z1), where the tip's other coordinate lies in the face;
+ *   - the ends of E's chord along one of the slab's four edges (y, z both fixed);
+ * so the interval is the min and max over those of them that exist (no candidate: the
+ * row misses E).  The constants below are E's, computed once per Gaussian in double;
+ * d = point - mean; Sigma' = (M'^T M')^-1, the covariance in the record's folded units,
+ * so that a pair with q' = |M' d|^2 <= r2 lies in E.
+ */
 typedef struct gf_cull_box {
     int64_t lo[3], hi[3];
-    int test;         /* apply the sphere test to each cell of the box */
+    int test;         /* apply the row test (else: every cell of the box) */
     double mean[3];
-    double m[6];      /* M', lower triangular (GF_L00..GF_L22) */
-    double reach;     /* a cell is reached when |M' (centre - mean)| <= reach */
+    double ext[3];    /* E's half-extent along each axis, r sqrt(Sigma'_ii) */
+    double tip[3];    /* E's +x tip, d = tip (and -tip the -x one) */
+    /* faces y = const: d_x, d_z of the section's +x tip = (ay, by) y + rho (cyx, cyz),
+     * rho^2 = r2 - y^2 iyy; faces z = const likewise with (az, bz), (czx, czy), izz */
+    double ay, by, cyx, cyz, iyy;
+    double az, bz, czx, czy, izz;
+    /* edges (y, z): rho^2 = r2 - (pyy y^2 + 2 pyz y z + pzz z^2), the chord's x ends
+     * gy y + gz z -+ rho sx */
+    double pyy, pyz, pzz, gy, gz, sx;
+    double r2;
 } gf_cull_box;
 
 /* The box of one Gaussian from its record's values (mean, M', nkq = -a^2 k^2, finite
@@ -160,24 +183,19 @@ GF_HD void gf_cull_box_init(const gf_cull_plan *g, const double mean[3], const d
     const double l20 = -(m[GF_L20] * l00 + m[GF_L21] * l10) / m[GF_L22];
     const double ext[3] = {ak * sqrt(l00 * l00), ak * sqrt(l10 * l10 + l11 * l11),
                            ak * sqrt(l20 * l20 + l21 * l21 + l22 * l22)};
-    double norm2 = 0.0;
     int finite = isfinite(ak) && !reach_all;
-    for (int i = 0; i < 6; ++i) {
-        b->m[i] = m[i];
-        norm2 += m[i] * m[i];
-        finite = finite && isfinite(m[i]);
-    }
+    for (int i = 0; i < 6; ++i) finite = finite && isfinite(m[i]);
     for (int i = 0; i < 3; ++i) {
         b->mean[i] = mean[i];
+        b->ext[i] = ext[i];
         finite = finite && isfinite(mean[i]) && isfinite(ext[i]);
     }
+    b->test = 0;
     if (!finite) {
         for (int i = 0; i < 3; ++i) {
             b->lo[i] = 0;
             b->hi[i] = g->dims[i] - 1;
         }
-        b->test = 0;
-        b->reach = (double)INFINITY;
         return;
     }
     int64_t cells = 1;
@@ -187,54 +205,118 @@ GF_HD void gf_cull_box_init(const gf_cull_plan *g, const double mean[3], const d
         if (t1 < 0.0 || t0 > (double)(g->dims[i] - 1)) {
             b->lo[0] = 1;
             b->hi[0] = 0;
-            b->test = 0;
             return;
         }
         b->lo[i] = gf_grid_clamp(g, i, t0);
         b->hi[i] = gf_grid_clamp(g, i, t1);
         cells *= b->hi[i] - b->lo[i] + 1;
     }
-    /* any point x of a cell with centre c: |M'(x - mean)| >= |M'(c - mean)| - |M'|_F r,
-     * r the cell's half-diagonal; the cell is dropped when that exceeds a k */
-    const double r = 0.8660254037844387 * g->cell_size * (1.0 + 1e-6);
-    b->reach = ak + sqrt(norm2) * r;
-    b->test = cells <= GF_CULL_TEST_MAX_CELLS;
+    const double sxx = l00 * l00, syy = l10 * l10 + l11 * l11;
+    const double szz = l20 * l20 + l21 * l21 + l22 * l22;
+    const double sxy = l00 * l10, sxz = l00 * l20, syz = l10 * l20 + l11 * l21;
+    const double r2 = ak * ak;
+    b->r2 = r2;
+    b->tip[0] = ext[0];
+    b->tip[1] = ak * sxy / sqrt(sxx);
+    b->tip[2] = ak * sxz / sqrt(sxx);
+    b->iyy = 1.0 / syy;
+    b->ay = sxy * b->iyy;
+    b->by = syz * b->iyy;
+    b->cyx = sqrt(fmax(sxx - sxy * b->ay, 0.0));
+    b->cyz = b->cyx > 0.0 ? (sxz - sxy * b->by) / b->cyx : 0.0;
+    b->izz = 1.0 / szz;
+    b->az = sxz * b->izz;
+    b->bz = syz * b->izz;
+    b->czx = sqrt(fmax(sxx - sxz * b->az, 0.0));
+    b->czy = b->czx > 0.0 ? (sxy - sxz * b->bz) / b->czx : 0.0;
+    const double det = syy * szz - syz * syz;
+    b->pyy = szz / det;
+    b->pzz = syy / det;
+    b->pyz = -syz / det;
+    b->gy = (sxy * szz - sxz * syz) / det;
+    b->gz = (sxz * syy - sxy * syz) / det;
+    b->sx = sqrt(fmax(sxx - (sxy * b->gy + sxz * b->gz), 0.0));
+    int sane = isfinite(b->cyz) && isfinite(b->czy) && isfinite(b->pyy) && isfinite(b->pzz) &&
+               isfinite(b->pyz) && isfinite(b->gy) && isfinite(b->gz) && det > 0.0;
+    b->test = sane && cells <= GF_CULL_TEST_MAX_CELLS;
+}
+
+/* The x-interval [*x0, *x1] (d units) of E in the slab y in [y0, y1], z in [z0, z1] (d
+ * units); 0 when E misses the slab (or it is empty). */
+GF_HD int gf_cull_slab(const gf_cull_box *b, double y0, double y1, double z0, double z1,
+                       double *x0, double *x1) {
+    double lo = (double)INFINITY, hi = -(double)INFINITY;
+    if (!(y0 <= y1 && z0 <= z1)) return 0; /* an empty slab (rounding at E's box) */
+    /* E's tips */
+    if (b->tip[1] >= y0 && b->tip[1] <= y1 && b->tip[2] >= z0 && b->tip[2] <= z1)
+        hi = b->tip[0];
+    if (-b->tip[1] >= y0 && -b->tip[1] <= y1 && -b->tip[2] >= z0 && -b->tip[2] <= z1)
+        lo = -b->tip[0];
+    /* the faces' sections' tips */
+    for (int f = 0; f < 2; ++f) {
+        const double y = f ? y1 : y0;
+        const double rho2 = b->r2 - y * y * b->iyy;
+        if (rho2 >= 0.0) {
+            const double rho = sqrt(rho2);
+            const double cx = b->ay * y, cz = b->by * y;
+            const double zp = cz + rho * b->cyz, zm = cz - rho * b->cyz;
+            if (zp >= z0 && zp <= z1) hi = fmax(hi, cx + rho * b->cyx);
+            if (zm >= z0 && zm <= z1) lo = fmin(lo, cx - rho * b->cyx);
+        }
+        const double z = f ? z1 : z0;
+        const double sig2 = b->r2 - z * z * b->izz;
+        if (sig2 >= 0.0) {
+            const double rho = sqrt(sig2);
+            const double cx = b->az * z, cy = b->bz * z;
+            const double yp = cy + rho * b->czy, ym = cy - rho * b->czy;
+            if (yp >= y0 && yp <= y1) hi = fmax(hi, cx + rho * b->czx);
+            if (ym >= y0 && ym <= y1) lo = fmin(lo, cx - rho * b->czx);
+        }
+    }
+    /* the edges' chords */
+    for (int e = 0; e < 4; ++e) {
+        const double y = e & 1 ? y1 : y0, z = e & 2 ? z1 : z0;
+        const double rho2 = b->r2 - (b->pyy * y * y + 2.0 * b->pyz * y * z + b->pzz * z * z);
+        if (rho2 >= 0.0) {
+            const double c = b->gy * y + b->gz * z, w = sqrt(rho2) * b->sx;
+            lo = fmin(lo, c - w);
+            hi = fmax(hi, c + w);
+        }
+    }
+    *x0 = lo;
+    *x1 = hi;
+    return lo <= hi;
 }
 
 /* The cells of row (iy, iz) of its box that the Gaussian of box b reaches: ix in
- * [*x0, *x1] (empty when *x0 > *x1).  The sphere test's set of cell centres is an
- * ellipsoid, so a row meets it in one interval: |u0 + t v| <= reach along the row's
- * centres, u0 = M'(centre of cell (0, iy, iz) - mean), v = M' (h, 0, 0), solved in closed
- * form and widened by 1e-6 cell against the rounding of the solution.  O(1) per row. */
+ * [*x0, *x1] (empty when *x0 > *x1): the slab of the row's cells, widened by 1e-6 of a
+ * cell against the rounding of the cell assignment and of this solution, and open to
+ * infinity at the grid's edges (points beyond are clamped into the edge cells), cut to
+ * E's box; then gf_cull_slab's interval, widened alike.  O(1) per row. */
 GF_HD void gf_cull_row(const gf_cull_plan *g, const gf_cull_box *b, int64_t iy, int64_t iz,
                        int64_t *x0, int64_t *x1) {
     *x0 = b->lo[0];
     *x1 = b->hi[0];
     if (!b->test) return;
-    const double h = g->cell_size;
-    const double dx = g->lo[0] + 0.5 * h - b->mean[0];
-    const double dy = g->lo[1] + ((double)iy + 0.5) * h - b->mean[1];
-    const double dz = g->lo[2] + ((double)iz + 0.5) * h - b->mean[2];
-    const double ux = b->m[GF_L00] * dx;
-    const double uy = b->m[GF_L10] * dx + b->m[GF_L11] * dy;
-    const double uz = b->m[GF_L20] * dx + b->m[GF_L21] * dy + b->m[GF_L22] * dz;
-    const double vx = b->m[GF_L00] * h, vy = b->m[GF_L10] * h, vz = b->m[GF_L20] * h;
-    const double a = vx * vx + vy * vy + vz * vz;              /* > 0: M' is invertible */
-    const double bh = ux * vx + uy * vy + uz * vz;
-    const double c = ux * ux + uy * uy + uz * uz - b->reach * b->reach;
-    const double disc = bh * bh - a * c;
-    if (!(disc >= 0.0)) {
+    const double h = g->cell_size, slack = 1e-6 * h;
+    const double y0 = iy == 0 ? -b->ext[1] : g->lo[1] + (double)iy * h - b->mean[1] - slack;
+    const double y1 = iy == g->dims[1] - 1 ? b->ext[1]
+                                            : g->lo[1] + (double)(iy + 1) * h - b->mean[1] + slack;
+    const double z0 = iz == 0 ? -b->ext[2] : g->lo[2] + (double)iz * h - b->mean[2] - slack;
+    const double z1 = iz == g->dims[2] - 1 ? b->ext[2]
+                                            : g->lo[2] + (double)(iz + 1) * h - b->mean[2] + slack;
+    double lo, hi;
+    if (!gf_cull_slab(b, fmax(y0, -b->ext[1]), fmin(y1, b->ext[1]), fmax(z0, -b->ext[2]),
+                      fmin(z1, b->ext[2]), &lo, &hi)) {
         *x0 = 1;
         *x1 = 0;
         return;
     }
-    const double sq = sqrt(disc);
-    double t0 = (-bh - sq) / a, t1 = (-bh + sq) / a;
-    t0 -= 1e-6 * (1.0 + fabs(t0));
-    t1 += 1e-6 * (1.0 + fabs(t1));
-    const double c0 = ceil(t0), c1 = floor(t1);
-    if (c0 > (double)*x0) *x0 = c0 > (double)*x1 ? *x1 + 1 : (int64_t)c0;
-    if (c1 < (double)*x1) *x1 = c1 < (double)*x0 ? *x0 - 1 : (int64_t)c1;
+    /* clamped as points are: those beyond the grid's edges are in its edge cells */
+    const int64_t c0 = gf_grid_clamp(g, 0, gf_grid_axis_raw(g, 0, b->mean[0] + fmax(lo, -b->ext[0]) - slack));
+    const int64_t c1 = gf_grid_clamp(g, 0, gf_grid_axis_raw(g, 0, b->mean[0] + fmin(hi, b->ext[0]) + slack));
+    if (c0 > *x0) *x0 = c0;
+    if (c1 < *x1) *x1 = c1;
 }
 
 /* The walk over a Gaussian's reached cells, which every user makes in this order: the
