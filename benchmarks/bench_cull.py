@@ -44,6 +44,20 @@ initialisation, points uniform in [0, 10]^3):
   small    B = 500,     N = 1,000, notebook: within 15 % of dense
   trained  the training example's field (--trained, a state_dict saved by
            examples/train_end_to_end.py --save), B = 2^18 points: reported, no goal
+  aniso    B = 2^20, N = 10^5, k = 3: means U(0,10)^3, quaternions N(0,1)^4, log-scales
+           log(10/N^(1/3)) + 0.6 N(0,1) per axis
+  sheets   B = 2^20, N = 10^5, k = 3: means on a sphere of radius 4 about (5,5,5), tangent
+           scale 4*10/sqrt(N), normal scale 1/8 of it, log-scales + 0.2 N(0,1): most of the
+           volume empty
+  tiny     B = 10^6, N = 10^7, k = 3: isotropic, scale 10/N^(1/3) (N >> B: a 3DGS scene
+           queried at points)
+  grid     the aniso field (N = 10^5, k = 3) at the 256^3 voxel centres of [0, 10]^3
+  The culling issue's goals for these four: forward <= 3x its limit + the sort floor,
+  train <= 3x its limit; tiny: reported.  A case's limit (its "limits" entry): its pairs
+  that pass q <= k^2 (counted on 4096 sampled points in float64, scaled to B) at the
+  dense kernels' pair rate measured in the same run (forward, and forward + backward to
+  the Gaussians), plus the bytes it must read and write at 4.3 TB/s; the sort floor: a
+  CUB radix sort of B (key, index) pairs (torch.sort), timed in the same run.
 CPU (--threads, 2 by default):
   big      B = 10^5, N = 3 x 10^4, notebook: train >= 10x faster than dense
   giant    B = 2 x 10^4, N = 5,000, sigma = 100: within 15 % of dense
@@ -96,6 +110,14 @@ CASES = {
         "small": dict(B=500, N=1_000, init="notebook",
                       goals=[("fwd", "rel", TOLERANCE), ("train", "rel", TOLERANCE)]),
         "trained": dict(B=2**18, N=None, init="trained", goals=[]),
+        "aniso": dict(B=2**20, N=100_000, init="aniso", k=3.0, goals=[("fwd", "limit", 3.0), ("train", "limit", 3.0)],
+                      before="1.55 / 5.03 ms (issue 19, H200, 2026-12-01)"),
+        "sheets": dict(B=2**20, N=100_000, init="sheets", k=3.0, goals=[("fwd", "limit", 3.0), ("train", "limit", 3.0)],
+                       before="0.67 / 2.00 ms (issue 19, H200, 2026-12-01)"),
+        "tiny": dict(B=1_000_000, N=10_000_000, init="tiny", k=3.0, goals=[],
+                     before="22.4 / 99 ms (issue 19, H200, 2026-12-01)"),
+        "grid": dict(B=256**3, N=100_000, init="grid", k=3.0, goals=[("fwd", "limit", 3.0), ("train", "limit", 3.0)],
+                     before="10.0 / 43 ms (issue 19, H200, 2026-12-01)"),
     },
     "cpu": {
         "big": dict(B=100_000, N=30_000, init="notebook", goals=[("train", "speedup", 10.0)]),
@@ -118,9 +140,89 @@ MODEL = {"gaussfield": Fused, "dense": Fused, "keops_dense": KeopsDenseField,
 CULLING = {"gaussfield": "auto", "dense": "never"}  # GAUSSFIELD_CULLING, read at each call
 
 
+FIELD_KINDS = ("aniso", "sheets", "tiny", "grid")
+
+
+def field_kind_tensors(kind, B, N, seed):
+    """(x [B, 3], means [N, 3], cov [N, 7] (quaternion, log-scales), weights [N]) of one of
+    the culling issue's fields, float32 on the CPU."""
+    g = torch.Generator().manual_seed(seed)
+    base = math.log(VOLUME / N ** (1 / 3))
+    q = torch.randn(N, 4, generator=g)
+    if kind in ("aniso", "grid"):
+        means = torch.rand(N, 3, generator=g) * VOLUME
+        logs = base + 0.6 * torch.randn(N, 3, generator=g)
+    elif kind == "sheets":
+        d = torch.randn(N, 3, generator=g)
+        d = d / d.norm(dim=1, keepdim=True)
+        means = 5.0 + 4.0 * d
+        t = math.log(4 * VOLUME / math.sqrt(N))
+        logs = torch.stack([torch.full((N,), t), torch.full((N,), t), torch.full((N,), t - math.log(8))], 1)
+        logs = logs + 0.2 * torch.randn(N, 3, generator=g)
+        # the rotation that takes the third axis to the sphere's normal d (q = (w, x, y, z))
+        z = torch.tensor([0.0, 0.0, 1.0]).expand_as(d)
+        axis = torch.cross(z, d, dim=1)
+        w = 1.0 + d[:, 2]
+        q = torch.cat([w[:, None], axis], 1)
+        flip = w < 1e-6
+        q[flip] = torch.tensor([0.0, 1.0, 0.0, 0.0])
+    elif kind == "tiny":
+        means = torch.rand(N, 3, generator=g) * VOLUME
+        logs = torch.full((N, 3), base)
+        q = torch.tensor([[1.0, 0.0, 0.0, 0.0]]).expand(N, 4).clone()
+    else:
+        raise ValueError(kind)
+    cov = torch.cat([q, logs], 1)
+    weights = torch.rand(N, generator=g) * 0.9 + 0.1
+    if kind == "grid":
+        D = round(B ** (1 / 3))
+        c = (torch.arange(D, dtype=torch.float32) + 0.5) * (VOLUME / D)
+        x = torch.stack(torch.meshgrid(c, c, c, indexing="ij"), -1).reshape(-1, 3)
+    else:
+        x = torch.rand(B, 3, generator=g) * VOLUME
+    return x, means, cov, weights
+
+
+class FieldModel(torch.nn.Module):
+    """The field of a kind as parameters, its forward the op with the case's cutoff."""
+
+    def __init__(self, means, cov, weights, cutoff):
+        super().__init__()
+        self.means = torch.nn.Parameter(means.clone())
+        self.cov = torch.nn.Parameter(cov.clone())
+        self.weights = torch.nn.Parameter(weights.clone())
+        self.cutoff = cutoff
+
+    def forward(self, x):
+        return gaussfield.gaussian_field(x, self.means, self.cov, self.weights, cutoff=self.cutoff)
+
+
+@torch.no_grad()
+def count_passing_sampled(x, means, cov, cutoff, samples=4096, chunk=1 << 22):
+    """Pairs with q <= cutoff^2 (float64), counted exactly on `samples` points drawn
+    without replacement (fixed seed) and scaled to B."""
+    B = x.shape[0]
+    g = torch.Generator().manual_seed(123)
+    pick = torch.randperm(B, generator=g)[:min(samples, B)].to(x.device)
+    xs = x[pick].double()
+    M = gaussfield.frontends.whitening_factor(cov.double())
+    mu = means.double()
+    k2 = float(cutoff) ** 2
+    passing = 0
+    step = max(1, chunk // max(1, xs.shape[0]))
+    for a in range(0, mu.shape[0], step):
+        d = xs[:, None, :] - mu[None, a:a + step]
+        u = torch.einsum("nij,bnj->bni", M[a:a + step], d)
+        passing += int((u.square().sum(-1) <= k2).sum())
+    return passing * B / xs.shape[0]
+
+
 def field_state(case, seed, trained_path):
     """The case's state_dict (float32 means and weights, float64 cov_tril as the
     notebook's class has them), or a reason why there is none."""
+    if case["init"] in FIELD_KINDS:
+        x, means, cov, w = field_kind_tensors(case["init"], case["B"], case["N"], seed)
+        return {"_x": x, "means": means, "cov": cov, "weights": w}, None
     if case["init"] == "trained":
         if not trained_path or not Path(trained_path).exists():
             return None, (f"no trained field at {trained_path}: run examples/train_end_to_end.py "
@@ -134,7 +236,9 @@ def field_state(case, seed, trained_path):
     return state, None
 
 
-def make_model(peer, state, device):
+def make_model(peer, state, device, cutoff=CUTOFF):
+    if "cov" in state:
+        return FieldModel(state["means"], state["cov"], state["weights"], cutoff).to(device)
     n = state["means"].shape[0]
     model = MODEL[peer](n, use_full_cov="cov_tril" in state).to(device)
     model.load_state_dict(state)
@@ -143,6 +247,8 @@ def make_model(peer, state, device):
 
 
 def _params(state, device):
+    if "cov" in state:
+        return state["means"].to(device), state["cov"].to(device), state["weights"].to(device)
     cov = state["cov_tril"] if "cov_tril" in state else state["log_scales"]
     return state["means"].to(device), cov.to(device).to(state["means"].dtype), state["weights"].to(device)
 
@@ -241,7 +347,7 @@ def probe_ms(call_on, B, N, device, args):
     return max(t2, t2 + (t2 - t1) * (B - 2 * Bp) / Bp)
 
 
-def measure(peer, kind, state, x, target, device, args):
+def measure(peer, kind, state, x, target, device, args, cutoff=CUTOFF):
     res = {"peer": peer, "kind": kind}
     old = os.environ.get("GAUSSFIELD_CULLING")
     if peer in CULLING:
@@ -249,7 +355,7 @@ def measure(peer, kind, state, x, target, device, args):
     meter = Meter(device)
     model = None
     try:
-        model = make_model(peer, state, device)
+        model = make_model(peer, state, device, cutoff)
 
         def call_on(b):
             xb, tb = x[:b], target[:b]
@@ -305,14 +411,18 @@ def _plain(v):
     return v
 
 
-def case_stats(state, x, device, keops_ok):
+def case_stats(state, x, device, keops_ok, cutoff=CUTOFF):
     """Pairs evaluated (gaussfield's culled path, KeOps's blocks) and pairs passing."""
     means, cov, weights = _params(state, device)
     B, N = x.shape[0], means.shape[0]
     st = {"pairs": B * N}
     t = time.perf_counter()
     try:
-        st["pairs_passing"], st["pairs_in_spheres_boxes"] = count_passing(x, means, cov, CUTOFF)
+        if "cov" in state:
+            st["pairs_passing"] = int(count_passing_sampled(x, means, cov, cutoff))
+            st["pairs_passing_method"] = "4096 sampled points, float64, scaled to B"
+        else:
+            st["pairs_passing"], st["pairs_in_spheres_boxes"] = count_passing(x, means, cov, cutoff)
     except Exception as e:  # noqa: BLE001 -- a stat, not the benchmark
         st["count_error"] = f"{type(e).__name__}: {e}"
         print(f"  pairs passing not counted: {st['count_error'][:300]}", flush=True)
@@ -324,7 +434,7 @@ def case_stats(state, x, device, keops_ok):
         os.environ["GAUSSFIELD_CULLING"] = "auto"
         try:
             with torch.no_grad():
-                cs = gaussfield.culling_stats(x, means, cov, weights, cutoff=CUTOFF, eps=1e-6)
+                cs = gaussfield.culling_stats(x, means, cov, weights, cutoff=cutoff, eps=1e-6)
             st["culling"] = {k: _plain(v) for k, v in dict(cs).items()}
             if not st["culling"]:  # no plan within the culling budget: the op runs dense
                 st["culling"] = {"plan": "none within the culling budget (dense path)", "pairs_evaluated": B * N}
@@ -340,9 +450,9 @@ def case_stats(state, x, device, keops_ok):
                 os.environ["GAUSSFIELD_CULLING"] = old
     else:
         st["culling"] = {"error": "gaussfield.culling_stats is not in this build"}
-    if keops_ok:
+    if keops_ok and "cov" not in state:
         try:
-            ks = block_sparse_stats(x, means, cov, cutoff=CUTOFF)
+            ks = block_sparse_stats(x, means, cov, cutoff=cutoff)
             ks["passing_share_of_evaluated"] = st["pairs_passing"] / max(ks["pairs_evaluated"], 1)
             st["keops_sparse"] = ks
         except Exception as e:  # noqa: BLE001
@@ -350,14 +460,21 @@ def case_stats(state, x, device, keops_ok):
     return st
 
 
-def judge(case, rows, quick):
+def judge(case, rows, quick, limits=None):
     """The case's goals beside the measured numbers."""
     cell = {(r["peer"], r["kind"]): r for r in rows}
     out = []
     for kind, how, value in case["goals"]:
         ours, dense = cell.get(("gaussfield", kind), {}), cell.get(("dense", kind), {})
         g = {"kind": kind, "how": how, "value": value}
-        if how == "abs":
+        if how == "limit":
+            lim = (limits or {}).get(f"{kind}_ms")
+            floor = (limits or {}).get("sort_floor_ms", 0.0) if kind == "fwd" else 0.0
+            g["goal"] = f"{kind} <= {value:g}x its limit" + (" + the sort floor" if kind == "fwd" else "")
+            g["measured"] = ours["ms"] / lim if "ms" in ours and lim else None
+            g["bound_ms"] = None if lim is None else value * lim + floor
+            met = g["bound_ms"] is not None and "ms" in ours and ours["ms"] <= g["bound_ms"]
+        elif how == "abs":
             g["goal"] = f"{kind} <= {value:g} ms"
             g["measured"] = ours.get("ms")
             met = "ms" in ours and ours["ms"] <= value
@@ -374,6 +491,65 @@ def judge(case, rows, quick):
     return out
 
 
+HBM_BYTES_PER_S = 4.3e12  # the H200's achievable copy bandwidth (device README, KINDS.md)
+DENSE_MAX_PAIRS = 3e11    # past this the dense peer is not run (its time follows from its rate)
+
+
+def case_limits(case, state, B, N, passing, rates, sort_ms):
+    """The case's limits (culling issue): passing pairs at the dense pair rates of this run
+    plus the bytes a forward / train step must move at HBM bandwidth."""
+    if not rates or passing is None:
+        return None
+    P = 7 if "cov" in state else 6
+    fwd_bytes = 12 * B + 4 * B + 4 * N * (3 + P + 1)
+    train_bytes = 2 * fwd_bytes + 4 * B + 4 * N * (3 + P + 1)
+    return {"fwd_ms": 1e3 * (passing / rates["fwd_pairs_per_s"] + fwd_bytes / HBM_BYTES_PER_S),
+            "train_ms": 1e3 * (passing / rates["train_pairs_per_s"] + train_bytes / HBM_BYTES_PER_S),
+            "sort_floor_ms": sort_ms, "pairs_passing": passing, "rates": rates}
+
+
+def dense_rates(device):
+    """The dense path's pair rates in this run (B = 10^6, N = 2 x 10^4, no cutoff): forward
+    and train step (forward + MSE + backward to the Gaussians)."""
+    if device.type != "cuda":
+        return None
+    torch.manual_seed(0)
+    B, N = 1_000_000, 20_000
+    x = torch.rand(B, 3, device=device) * VOLUME
+    t = torch.rand(B, device=device)
+    m = FieldModel(*[a.to(device) for a in field_kind_tensors("aniso", 16, N, 0)[1:]], None)
+    meter = Meter(device)
+
+    def fwd():
+        with torch.no_grad():
+            m(x)
+
+    def train():
+        m.zero_grad(set_to_none=True)
+        F.mse_loss(m(x), t).backward()
+
+    out = {}
+    for name, fn in (("fwd", fwd), ("train", train)):
+        fn()
+        ms = statistics.median(meter.times_ms(fn, budget_s=0.5))
+        out[f"{name}_ms"] = ms
+        out[f"{name}_pairs_per_s"] = B * N / (ms * 1e-3)
+    out["at"] = f"B = {B:,}, N = {N:,}, dense, no cutoff"
+    return out
+
+
+def sort_floor_ms(B, device):
+    """A CUB radix sort of B (cell, index) pairs (torch.sort, stable, int32 keys under
+    2^15): the culled path sorts its points once a call."""
+    if device.type != "cuda":
+        return 0.0
+    keys = torch.randint(0, 1 << 15, (B,), device=device, dtype=torch.int32)
+    meter = Meter(device)
+    fn = lambda: torch.sort(keys, stable=True)  # noqa: E731
+    fn()
+    return statistics.median(meter.times_ms(fn, budget_s=0.2))
+
+
 def run_case(name, case, device, args, keops_ok):
     state, why = field_state(case, args.seed, args.trained)
     B = case["B"]
@@ -388,9 +564,14 @@ def run_case(name, case, device, args, keops_ok):
             state, _ = field_state(case, args.seed, None)
             N = case["N"]
     g = torch.Generator().manual_seed(args.seed + 1)
-    x = (torch.rand(B, 3, generator=g) * VOLUME).to(device)
+    if "_x" in state:
+        x = state.pop("_x").to(device)
+        B = x.shape[0]
+    else:
+        x = (torch.rand(B, 3, generator=g) * VOLUME).to(device)
     target = torch.rand(B, generator=g).to(device)
-    info = {"case": name, "B": B, "N": N, "init": case["init"],
+    cutoff = case.get("k", CUTOFF)
+    info = {"case": name, "B": B, "N": N, "init": case["init"], "cutoff": cutoff,
             "full_cov": "cov_tril" in state, "before": case.get("before")}
     if case["init"] == "trained":
         info["trained_file"] = str(args.trained)
@@ -402,13 +583,23 @@ def run_case(name, case, device, args, keops_ok):
     rows = []
     for kind in KINDS:
         for peer in args.peers:
-            if peer.startswith("keops") and not keops_ok:
+            if peer.startswith("keops") and (not keops_ok or "cov" in state):
                 continue
-            r = measure(peer, kind, state, x, target, device, args)
+            if peer == "dense" and B * N > DENSE_MAX_PAIRS:
+                rows.append({"peer": peer, "kind": kind, "result": f"not run: {B * N:.2g} pairs"})
+                print(f"  {kind:5s} {peer:12s} not run ({B * N:.2g} pairs)", flush=True)
+                continue
+            r = measure(peer, kind, state, x, target, device, args, cutoff)
             rows.append(r)
             print(f"  {kind:5s} {peer:12s} " + (r.get("result") or
                   f"{r['ms']:10.4f} ms  peak +{fmt_mib(r['peak_extra_MiB'])}"), flush=True)
-    stats = case_stats(state, x, device, keops_ok) if not args.no_stats else {}
+    stats = case_stats(state, x, device, keops_ok, cutoff) if not args.no_stats else {}
+    limits = case_limits(case, state, B, N, stats.get("pairs_passing"), args.rates,
+                         sort_floor_ms(B, device))
+    if limits:
+        info["limits"] = limits
+        print(f"  limits: forward {limits['fwd_ms']:.3f} ms, train {limits['train_ms']:.3f} ms, "
+              f"sort floor {limits['sort_floor_ms']:.3f} ms", flush=True)
     if "pairs_passing" in stats:
         ev = stats.get("culling", {}).get("pairs_evaluated")
         print(f"  pairs passing {stats['pairs_passing']:,} of {B * N:,}"
@@ -416,7 +607,7 @@ def run_case(name, case, device, args, keops_ok):
                  f"; {stats['culling'].get('error', '')}")
               + (f"; KeOps blocks {stats['keops_sparse']['pairs_evaluated']:,}" if "pairs_evaluated" in
                  stats.get("keops_sparse", {}) else ""), flush=True)
-    goals = judge(case, rows, args.quick)
+    goals = judge(case, rows, args.quick, limits)
     for gl in goals:
         print(f"  goal {gl['goal']}: {gl['status']}"
               + (f" (measured {gl['measured']:.3g})" if gl["measured"] is not None else ""), flush=True)
@@ -455,6 +646,7 @@ def markdown(env, cases):
         for g in c.get("goals", []):
             m = g["measured"]
             ms = "" if m is None else (f"{m:.3g} ms" if g["how"] == "abs" else f"{m:.3g}x" if g["how"] == "speedup"
+                                       else f"{m:.2f}x its limit (bound {g['bound_ms']:.3g} ms)" if g["how"] == "limit"
                                        else f"{m:.3f} of dense")
             lines.append(f"| {c['case']} | {c['B']:,} | {c['N']:,} | {g['goal']} | {ms} | {g['status']} |")
     lines.append("")
@@ -467,6 +659,12 @@ def markdown(env, cases):
             lines += [f"Before (issue): {c['before']}.", ""]
         if c.get("field"):
             lines += ["Field: " + ", ".join(f"{k} {_num(v)}" for k, v in c["field"].items()), ""]
+        if c.get("limits"):
+            lm = c["limits"]
+            lines += [f"Limits (cutoff {c['cutoff']:g}): forward {lm['fwd_ms']:.3g} ms, train {lm['train_ms']:.3g} ms "
+                      f"({lm['pairs_passing']:.3g} passing pairs at the dense rates of this run, "
+                      f"{lm['rates']['fwd_pairs_per_s']:.3g} / {lm['rates']['train_pairs_per_s']:.3g} pairs/s, "
+                      f"plus the inputs and outputs at 4.3 TB/s); sort floor {lm['sort_floor_ms']:.3g} ms.", ""]
         lines += ["| peer | forward | train step |", "|---|---|---|"]
         peers = [p for p in PEERS if any(r["peer"] == p for r in c["rows"])]
         for p in peers:
@@ -546,6 +744,8 @@ def main():
     if any(p.startswith("keops") for p in args.peers) and not keops[0]:
         print(f"KeOps peers skipped: {keops[1]}")
     env = environment(device, args, keops)
+    args.rates = dense_rates(device)
+    env["dense_rates"] = args.rates
     print(json.dumps(env), flush=True)
     cases = [run_case(n, table[n], device, args, keops[0]) for n in names]
     md = markdown(env, cases)

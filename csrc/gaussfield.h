@@ -191,17 +191,24 @@ gf_status gf_cpu_backward_gaussians(const gf_params *params, int64_t begin, int6
  *  - each cell lists the Gaussians that reach it, in index order, so a point's sums run
  *    over its cell's list in index order and a Gaussian's over its cells in cell order:
  *    the results do not depend on the thread count, and runs are bitwise reproducible;
- *  - points with a non-finite coordinate (and, in a backward, points with a non-finite
- *    grad_out row) form one more cell (index num_cells) whose list is every Gaussian, and
- *    a Gaussian with a non-finite mean, factor or weight reaches every cell: non-finite
- *    inputs give what the dense stages give (their 0 * NaN reaches every pair).
+ *  - points with a non-finite coordinate form one more cell (index num_cells) whose
+ *    list is every Gaussian; in a backward, points with a non-finite grad_out row are
+ *    also visited by every Gaussian; a Gaussian with a non-finite mean, factor or weight
+ *    reaches every cell: non-finite inputs give what the dense stages give (their
+ *    0 * NaN reaches every pair).
  *
- * Memory: the plan reports the lists' length before anything of that size is allocated,
- * so the caller can keep it within a budget (a plan with more points per cell has
- * shorter lists) or take the dense stages instead.
+ * The structure.  A forward builds a *structure* (the grid, the points sorted by cell,
+ * each cell's list length, on CUDA the records and each Gaussian's offset in the lists
+ * and an execution order) whose size is a function of B, N, C, the dtype and
+ * points_per_cell alone (*_cull_structure_bytes), never of the data, so that a caller
+ * can allocate it before seeing the data (a traced graph, a CUDA graph) and keep it
+ * from a forward for the backward.  The lists themselves (O(sum of cells reached)) live
+ * in a separate workspace, rebuilt by whichever stage needs them.  The structure also
+ * holds the path decided for the inputs (culled, or dense where the culled pairs would
+ * not pay), so that both ways are taken alike by the forward and the backward.
  * --------------------------------------------------------------------------------- */
 
-/* What a plan found: the grid, and the size of the work.  Filled by *_cull_plan. */
+/* What a plan found: the grid, and the size of the work. */
 typedef struct gf_cull_plan {
     double lo[3];            /* corner of cell (0, 0, 0) */
     double cell_size;        /* edge of the cubic cells */
@@ -213,42 +220,98 @@ typedef struct gf_cull_plan {
                               * evenly over the cells (for choosing between paths) */
 } gf_cull_plan;
 
-/* Reads x, records (gf_cpu_precompute first), weights, cutoff; writes *plan.  Single-threaded,
- * O(B + the cells the Gaussians reach).  GF_ERR_BAD_CUTOFF without a cutoff;
- * GF_ERR_BAD_SIZE when N exceeds INT32_MAX (the lists hold 32-bit indices) or
- * points_per_cell is not positive. */
-gf_status gf_cpu_cull_plan(const gf_params *params, double points_per_cell, gf_cull_plan *plan);
+/* How to cull. */
+typedef struct gf_cull_config {
+    double points_per_cell;  /* the grid's target, > 0 */
+    int always;              /* the culled path whatever the plan finds, else: */
+    double max_share;        /* culled iff pairs_estimate < max_share * B * N */
+    int64_t list_capacity;   /* CUDA: entries the lists hold at most (>= 0); Gaussians past
+                              * the last whose entries fit take an exact overflow path */
+    int64_t *length_report;  /* CUDA: NULL, or memory the device may write (mapped pinned
+                              * host memory) that receives list_length once the plan ran */
+} gf_cull_config;
 
-/* Bytes of the workspace that gf_cpu_cull_build fills for this plan, aligned to 64 bytes
- * (0 for a NULL argument). */
-size_t gf_cpu_cull_workspace_bytes(const gf_params *params, const gf_cull_plan *plan);
+/* The structure's first bytes (in host memory on the CPU, device memory on CUDA). */
+typedef struct gf_cull_header {
+    gf_cull_plan plan;
+    int64_t max_cells;       /* the capacity of the cell arrays: num_cells <= max_cells */
+    int32_t culled;          /* 1: the culled path; 0: the dense stages do the work */
+    int32_t reserved;
+} gf_cull_header;
 
-/* Reads x, records, weights, grad_out (when not NULL: a backward's build), cutoff and the
- * plan; writes the workspace (the points sorted by cell
- * and the cell lists).  Single-threaded, O(B + num_cells + list_length). */
-gf_status gf_cpu_cull_build(const gf_params *params, const gf_cull_plan *plan,
-                            void *workspace, size_t workspace_bytes);
+/* ---- CPU culling -------------------------------------------------------------------
+ * A forward: gf_cpu_cull_plan, gf_cpu_cull_count over every Gaussian (in ranges, on
+ * threads, each into its own counts), gf_cpu_cull_finish with the counts' sum; then,
+ * where the header says culled, gf_cpu_cull_fill (ranges, each with its own cursors)
+ * and gf_cpu_culled_forward over the cells.  A backward with the forward's structure:
+ * gf_cpu_cull_backward_prepare, then gf_cpu_culled_backward_gaussians (ranges; no lists)
+ * and, for grad_x, the lists again and gf_cpu_culled_backward_points. */
 
-/* The pairs the culled stages evaluate on the points' side, from a built workspace: the
- * sum over cells of points x list length (the non-finite cell's points x N).  For
- * measuring how tight the culling is. */
-gf_status gf_cpu_cull_pairs(const gf_params *params, const gf_cull_plan *plan,
-                            const void *workspace, double *pairs);
+/* Bytes of the CPU structure (a function of B, N, the dtype and points_per_cell). */
+size_t gf_cpu_cull_structure_bytes(const gf_params *params, const gf_cull_config *config);
+
+/* The grid of the finite points' bounding box into the structure's header.  Reads x,
+ * cutoff; single-threaded, O(B).  GF_ERR_BAD_CUTOFF without a cutoff; GF_ERR_BAD_SIZE
+ * when N exceeds INT32_MAX (the lists hold 32-bit indices) or points_per_cell is not
+ * positive; GF_ERR_SMALL_WORKSPACE for a structure smaller than reported. */
+gf_status gf_cpu_cull_plan(const gf_params *params, const gf_cull_config *config,
+                           void *structure, size_t structure_bytes);
+
+/* Adds the cells that Gaussians [begin, end) reach to counts[c] (c < num_cells; the
+ * caller zeroes the array, num_cells + 1 entries, counts[num_cells] unused).  Reads
+ * records, weights, the plan's grid. */
+gf_status gf_cpu_cull_count(const gf_params *params, const void *structure, int64_t begin,
+                            int64_t end, int64_t *counts);
+
+/* Finishes the plan from the cells' counts over every Gaussian (num_cells entries): the
+ * lists' offsets and length, the path (config), and, where culled, the points sorted by
+ * cell.  Reads x; single-threaded, O(B + num_cells). */
+gf_status gf_cpu_cull_finish(const gf_params *params, const gf_cull_config *config,
+                             void *structure, const int64_t *counts);
+
+/* The plan the structure holds (a copy). */
+gf_status gf_cpu_cull_header(const void *structure, gf_cull_header *header);
+
+/* Bytes of the lists of a finished structure (list_length 32-bit indices). */
+size_t gf_cpu_cull_lists_bytes(const void *structure);
+
+/* Writes the list entries of Gaussians [begin, end): each cell's entries from cursor[c]
+ * on, which it advances (num_cells entries).  The first range's cursors are the lists'
+ * starts (gf_cpu_cull_list_starts); a later range's are those plus the counts of the
+ * ranges before it, so that every list comes out in ascending Gaussian order. */
+gf_status gf_cpu_cull_fill(const gf_params *params, const void *structure, int64_t begin,
+                           int64_t end, int64_t *cursor, void *lists, size_t lists_bytes);
+
+/* The lists' starts (num_cells + 1 entries) of a finished structure. */
+const int64_t *gf_cpu_cull_list_starts(const void *structure);
+
+/* The pairs the culled stages evaluate on the points' side: the sum over cells of points
+ * x list length (the non-finite cell's points x N).  For measuring how tight the
+ * culling is. */
+gf_status gf_cpu_cull_pairs(const gf_params *params, const void *structure, double *pairs);
 
 /* The culled forward over the points of cells [begin, end), 0 <= begin <= end <=
  * num_cells + 1 (the last is the non-finite cell): reads x, records (and weights when
- * C > 1) and the built workspace; writes those rows of out. */
-gf_status gf_cpu_culled_forward(const gf_params *params, const gf_cull_plan *plan,
-                                const void *workspace, int64_t begin, int64_t end);
+ * C > 1), the structure and the lists; writes those rows of out. */
+gf_status gf_cpu_culled_forward(const gf_params *params, const void *structure,
+                                const void *lists, int64_t begin, int64_t end);
 
 /* The culled backward to the points of cells [begin, end): writes those rows of grad_x. */
-gf_status gf_cpu_culled_backward_points(const gf_params *params, const gf_cull_plan *plan,
-                                        const void *workspace, int64_t begin, int64_t end);
+gf_status gf_cpu_culled_backward_points(const gf_params *params, const void *structure,
+                                        const void *lists, int64_t begin, int64_t end);
+
+/* Bytes of the backward's workspace, and its preparation: grad_out in the sorted order
+ * (one channel) and the points whose grad_out row is not finite.  Reads grad_out (none:
+ * a backward with no Gaussian gradient wanted). */
+size_t gf_cpu_cull_backward_bytes(const gf_params *params);
+gf_status gf_cpu_cull_backward_prepare(const gf_params *params, const void *structure,
+                                       void *work, size_t work_bytes);
 
 /* The culled backward to Gaussians [begin, end): each sums over the points of the cells it
- * reaches; writes those rows of the non-NULL of grad_means, grad_cov, grad_weights. */
-gf_status gf_cpu_culled_backward_gaussians(const gf_params *params, const gf_cull_plan *plan,
-                                           const void *workspace, int64_t begin, int64_t end);
+ * reaches (and the points gf_cpu_cull_backward_prepare found); writes those rows of the
+ * non-NULL of grad_means, grad_cov, grad_weights. */
+gf_status gf_cpu_culled_backward_gaussians(const gf_params *params, const void *structure,
+                                           const void *work, int64_t begin, int64_t end);
 
 /* ---------------------------------------------------------------------------------
  * Second order.  The backward is the vector-Jacobian product (gx, gmu, gM, gw) =
@@ -311,38 +374,53 @@ gf_status gf_cuda_forward(const gf_params *params, void *workspace, size_t works
 gf_status gf_cuda_backward(const gf_params *params, void *workspace, size_t workspace_bytes,
                            void *stream, int *cuda_error);
 
-/* Culling on the GPU (see "Culling" above).  The plan needs the grid and the lists' length
- * on the host, so gf_cuda_cull_plan synchronises `stream` once; the culled stages then
- * run asynchronously like the dense ones.  `plan_workspace` (gf_cuda_cull_plan_bytes)
- * holds what the plan computed (the records, the Gaussians' reach); it must be left
- * unchanged between the plan and the culled call that uses it. */
-gf_status gf_cuda_cull_plan_bytes(const gf_params *params, size_t *bytes, int *cuda_error);
+/* Culling on the GPU (see "Culling" above).  Nothing waits on the host: the grid, the
+ * path (culled or dense) and the lists' length stay on the device, so a culled call can
+ * be captured in a CUDA graph.  The lists live in the call's workspace with room for
+ * config->list_capacity entries; the Gaussians whose entries do not fit (a suffix in
+ * index order) are evaluated against every cell after each cell's list, in index order,
+ * so the result never depends on the capacity.  The dense path, where the build decided
+ * it, runs inside the same calls (its kernels gated on the device).  A forward is
+ * gf_cuda_cull_build then gf_cuda_culled_forward; a backward may take the forward's
+ * structure (the same inputs) or build its own. */
 
-/* Reads x, means, cov, weights, eps, cutoff; writes plan_workspace and *plan, and
- * returns after `stream` has finished the work (it synchronises).  The same errors as
- * gf_cpu_cull_plan. */
-gf_status gf_cuda_cull_plan(const gf_params *params, double points_per_cell,
-                            void *plan_workspace, size_t plan_workspace_bytes, void *stream,
-                            gf_cull_plan *plan, int *cuda_error);
+/* Bytes of the structure (a function of B, N, C, the dtype and points_per_cell). */
+gf_status gf_cuda_cull_structure_bytes(const gf_params *params, const gf_cull_config *config,
+                                       size_t *bytes);
 
-/* Bytes of the workspace of gf_cuda_culled_forward (backward = 0) or
- * gf_cuda_culled_backward (backward = 1) for this plan: the sorted points and the lists. */
-gf_status gf_cuda_culled_workspace_bytes(const gf_params *params, const gf_cull_plan *plan,
+/* Bytes of the workspace of gf_cuda_cull_build, gf_cuda_culled_forward and (backward = 1)
+ * gf_cuda_culled_backward for this problem and config: the build's sorts, the lists of
+ * list_capacity entries, the backward's sums, the dense path's. */
+gf_status gf_cuda_culled_workspace_bytes(const gf_params *params, const gf_cull_config *config,
                                          int backward, size_t *bytes, int *cuda_error);
 
-/* The culled forward (plan first, same params): reads x, weights, plan_workspace; writes
- * out.  Builds the sorted points and the lists in `workspace`, then evaluates. */
-gf_status gf_cuda_culled_forward(const gf_params *params, const gf_cull_plan *plan,
-                                 const void *plan_workspace, size_t plan_workspace_bytes,
+/* Reads x, means, cov, weights, eps, cutoff; writes the structure: the records, the grid,
+ * each Gaussian's cell count and offset in the lists, the path, the points sorted by
+ * cell and the Gaussians' execution order (and *config->length_report).  The same
+ * errors as gf_cpu_cull_plan. */
+gf_status gf_cuda_cull_build(const gf_params *params, const gf_cull_config *config,
+                             void *structure, size_t structure_bytes, void *workspace,
+                             size_t workspace_bytes, void *stream, int *cuda_error);
+
+/* The forward of a built structure (same params): reads x, weights and the structure;
+ * writes out. */
+gf_status gf_cuda_culled_forward(const gf_params *params, const gf_cull_config *config,
+                                 const void *structure, size_t structure_bytes,
                                  void *workspace, size_t workspace_bytes, void *stream,
                                  int *cuda_error);
 
-/* The culled backward (plan first, same params): reads x, grad_out, means, cov, weights,
- * plan_workspace; writes the non-NULL gradients. */
-gf_status gf_cuda_culled_backward(const gf_params *params, const gf_cull_plan *plan,
-                                  const void *plan_workspace, size_t plan_workspace_bytes,
+/* The backward of a built structure (same params, x, means, cov, weights as its build):
+ * reads grad_out, x, means, cov, weights and the structure; writes the non-NULL
+ * gradients. */
+gf_status gf_cuda_culled_backward(const gf_params *params, const gf_cull_config *config,
+                                  const void *structure, size_t structure_bytes,
                                   void *workspace, size_t workspace_bytes, void *stream,
                                   int *cuda_error);
+
+/* The structure's header, copied to *header after `stream` has built it (synchronises:
+ * for tests, benchmarks and a first call's list capacity). */
+gf_status gf_cuda_cull_header(const void *structure, void *stream, gf_cull_header *header,
+                              int *cuda_error);
 
 /* Workspace bytes of gf_cuda_double_backward for this problem. */
 gf_status gf_cuda_double_backward_workspace_bytes(const gf_params *params, size_t *bytes);

@@ -14,22 +14,28 @@ extern "C" {
 
 typedef void (*gf_range_fn)(const gf_params *params, int64_t begin, int64_t end);
 
-/* The culling workspace that gf_cpu_cull_build fills, as typed arrays (gf_cpu_cull.c
- * lays it out):
+/* The culling structure, lists and backward work (gf_cpu_cull.c lays them out) as
+ * typed arrays:
  *   cell_start  [num_cells + 2]  points of cell c: point_order[cell_start[c] .. cell_start[c + 1])
  *                                (cell num_cells: the points with a non-finite coordinate)
  *   point_order [B]              point indices sorted by cell, in index order within a cell
  *   list_start  [num_cells + 1]  Gaussians of cell c: list[list_start[c] .. list_start[c + 1])
- *   list        [list_length]    Gaussian indices, ascending within a cell
- *   point_cell  [B]              the cell of each point (scratch of the build)
- *   sorted      [4, B]           x, y, z and (one channel, backward) grad_out of the points
- *                                in point_order's order, in the problem's dtype */
+ *   list        [list_length]    Gaussian indices, ascending within a cell (NULL: not built)
+ *   sorted      [3, B]           x, y, z of the points in point_order's order, in the dtype
+ *   sorted_g    [B]              the backward's grad_out in that order (one channel), or NULL
+ *   extra       [num_extra]      the backward's points (positions in the sorted order) that
+ *                                every Gaussian visits: those with a non-finite grad_out row
+ *   extra_cell  [num_extra]      their cells (a Gaussian reaching it visits it there) */
 typedef struct gf_cull_view {
     const int64_t *cell_start;
     const int64_t *point_order;
     const int64_t *list_start;
     const int32_t *list;
     const void *sorted;
+    const void *sorted_g;
+    const int64_t *extra;
+    const int64_t *extra_cell;
+    int64_t num_extra;
 } gf_cull_view;
 
 typedef void (*gf_cull_range_fn)(const gf_params *params, const gf_cull_plan *plan,

@@ -464,7 +464,8 @@ static void GF_KERNEL(culled_sums)(const gf_params *p, const void *ctx, int64_t 
     const GF_KERNEL(rec_t) *r = (const GF_KERNEL(rec_t) *)p->records + g0;
     const int cut = gf_has_cutoff(p->cutoff);
     const int64_t B = p->num_points;
-    const GF_T *xs = (const GF_T *)view->sorted, *ys = xs + B, *zs = xs + 2 * B, *gs = xs + 3 * B;
+    const GF_T *xs = (const GF_T *)view->sorted, *ys = xs + B, *zs = xs + 2 * B;
+    const GF_T *gs = (const GF_T *)view->sorted_g;
     const double mean[3] = {r->mx, r->my, r->mz};
     const double m[6] = {r->m00, r->m10, r->m11, r->m20, r->m21, r->m22};
     gf_cull_box box;
@@ -502,6 +503,17 @@ static void GF_KERNEL(culled_sums)(const gf_params *p, const void *ctx, int64_t 
     GF_RUN(view->cell_start[plan->num_cells], view->cell_start[plan->num_cells + 1]);
 #undef GF_CALL
 #undef GF_RUN
+    /* the points every Gaussian sees in a backward (a non-finite grad_out), gathered (after
+     * the C > 1 runs' gathered points, in one stream of tiles) */
+    for (int64_t e = 0; e < view->num_extra; ++e) {
+        /* each point once: not where the Gaussian's cells already hold it */
+        if (gf_cull_box_reaches_cell(plan, &box, view->extra_cell[e])) continue;
+        idx[n++] = view->point_order[view->extra[e]];
+        if (n == GF_BTILE) {
+            GF_KERNEL(sums_tile)(p, idx, 0, n, g0, 1, geometry, c0, ncb, sums, wsum);
+            n = 0;
+        }
+    }
     if (n > 0) GF_KERNEL(sums_tile)(p, idx, 0, n, g0, 1, geometry, c0, ncb, sums, wsum);
 }
 

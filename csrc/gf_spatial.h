@@ -29,6 +29,15 @@
 #define GF_CULL_MAX_DIM 1024
 #define GF_CULL_MAX_CELLS ((int64_t)1 << 22)
 
+/* The most cells gf_grid_choose gives num_points points at points_per_cell (at least 1):
+ * the capacity of a structure's cell arrays. */
+GF_HD int64_t gf_grid_max_cells(int64_t num_points, double points_per_cell) {
+    double target = (double)num_points / points_per_cell;
+    if (target > (double)GF_CULL_MAX_CELLS) target = (double)GF_CULL_MAX_CELLS;
+    if (!(target >= 1.0)) return 1;
+    return (int64_t)target;
+}
+
 /* Cells of side h along an extent e >= 0: floor(e / h) + 1, so that the cells cover
  * [lo, lo + e] with room to spare.  An extent that overflowed (points near +-DBL_MAX:
  * e = h = inf, e / h NaN) is one cell. */
@@ -317,6 +326,20 @@ GF_HD void gf_cull_row(const gf_cull_plan *g, const gf_cull_box *b, int64_t iy, 
     const int64_t c1 = gf_grid_clamp(g, 0, gf_grid_axis_raw(g, 0, b->mean[0] + fmin(hi, b->ext[0]) + slack));
     if (c0 > *x0) *x0 = c0;
     if (c1 < *x1) *x1 = c1;
+}
+
+/* Whether the Gaussian of box b reaches cell c (linear index; num_cells, the non-finite
+ * points' cell, is reached by every Gaussian). */
+GF_HD int gf_cull_box_reaches_cell(const gf_cull_plan *g, const gf_cull_box *b, int64_t c) {
+    if (c >= g->num_cells) return 1;
+    const int64_t ix = c % g->dims[0], iy = c / g->dims[0] % g->dims[1],
+                  iz = c / (g->dims[0] * g->dims[1]);
+    if (b->lo[0] > b->hi[0] || ix < b->lo[0] || ix > b->hi[0] || iy < b->lo[1] ||
+        iy > b->hi[1] || iz < b->lo[2] || iz > b->hi[2])
+        return 0;
+    int64_t x0, x1;
+    gf_cull_row(g, b, iy, iz, &x0, &x1);
+    return ix >= x0 && ix <= x1;
 }
 
 /* The walk over a Gaussian's reached cells, which every user makes in this order: the

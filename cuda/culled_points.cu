@@ -8,9 +8,10 @@
  * groups of 32): thread t holds point t and, where the chunk has more than 128, point
  * t + 128, so that a warp with two slots evaluates each record it reads from shared
  * memory against two points.  The block walks the cell's list (cell num_cells: every
- * Gaussian) in list order, 128 records at a time gathered into shared memory, so each
- * point's sum runs over its cell's Gaussians in ascending index order: one owner per
- * output row, no reduction.  Channels as in dense_points.cu: CB = 1 uses the record's
+ * Gaussian) in list order, then the Gaussians whose entries did not fit the lists'
+ * capacity (fitted .. N, fitted per call), 128 records at a time gathered into shared memory,
+ * so each point's sum runs over its cell's Gaussians in ascending index order whatever
+ * the capacity: one owner per output row, no reduction.  Channels as in dense_points.cu: CB = 1 uses the record's
  * weight; C > 1 stages the weights of a block of CB = 4 or 8 channels beside the
  * records; the forward spreads the channel blocks over grid.y, the backward to x loops
  * over them in order.
@@ -99,13 +100,15 @@ __device__ __forceinline__ void points_batch(const T *s_rec, const T *s_w, int c
 
 template <typename T, int CB, bool kGradX>
 __global__ void __launch_bounds__(kChunkThreads)
-    points_kernel(gf_params p, int64_t num_cells, const typename Types<T>::rec *records,
+    points_kernel(gf_params p, const gf_cull_header *header, const typename Types<T>::rec *records,
                   const StagedPoint<T> *points, const int64_t *order,
                   const int64_t *cell_start, const int64_t *chunk_start,
-                  const int64_t *list_start, const int32_t *list) {
+                  const int64_t *list_start, const int32_t *list, const int64_t *fitted_in) {
     __shared__ __align__(16) T s_rec[kBatch * kPairVals];
     __shared__ __align__(16) T s_w[CB > 1 ? kBatch * CB : 1];
 
+    if (!header->culled) return; /* the dense kernels do the work */
+    const int64_t num_cells = header->plan.num_cells, fitted = *fitted_in;
     const int64_t j = blockIdx.x;
     if (j >= chunk_start[num_cells + 1]) return; /* the grid is an upper bound */
     /* the chunk's cell: the last c with chunk_start[c] <= j */
@@ -142,7 +145,11 @@ __global__ void __launch_bounds__(kChunkThreads)
     }
     const bool implicit = c == num_cells; /* the non-finite cell: every Gaussian */
     const int64_t list_begin = implicit ? 0 : list_start[c];
-    const int64_t len = implicit ? p.num_gaussians : list_start[c + 1] - list_begin;
+    const int64_t in_list = implicit ? p.num_gaussians : list_start[c + 1] - list_begin;
+    /* after the list (Gaussians below `fitted`, ascending), those whose entries did not
+     * fit the lists' capacity, ascending: every Gaussian that may reach the cell, once,
+     * in index order, whatever the capacity */
+    const int64_t len = in_list + (implicit ? 0 : p.num_gaussians - fitted);
 
     const int64_t C = p.num_channels;
     const int64_t num_cb = channel_blocks(C, CB);
@@ -168,7 +175,10 @@ __global__ void __launch_bounds__(kChunkThreads)
             const int count = int(min(int64_t(kBatch), len - base));
             __syncthreads(); /* the last batch is read */
             for (int e = threadIdx.x; e < count; e += kChunkThreads) {
-                const int64_t gi = implicit ? base + e : int64_t(list[list_begin + base + e]);
+                const int64_t at = base + e;
+                const int64_t gi = implicit       ? at
+                                   : at < in_list ? int64_t(list[list_begin + at])
+                                                  : fitted + (at - in_list);
                 stage_pair_values<T>(records + gi, s_rec + e * kPairVals);
                 if constexpr (CB > 1) {
 #pragma unroll
@@ -203,7 +213,8 @@ __global__ void __launch_bounds__(kChunkThreads)
         for (int q = 0; q < 2; ++q)
             if (active[q]) {
                 T scale = T(-GF_TWO_LN2);
-                if constexpr (CB == 1) scale *= sp[q].g; /* t = G w: G applied once here */
+                if constexpr (CB == 1) /* t = G w: G applied once here */
+                    scale *= grad_out[b[q] * p.grad_out_stride[0]];
 #pragma unroll
                 for (int a = 0; a < 3; ++a) grad_x[3 * b[q] + a] = scale * gx[q][a];
             }
@@ -214,13 +225,12 @@ __global__ void __launch_bounds__(kChunkThreads)
 
 namespace gf_cuda {
 
-gf_status launch_culled_points(const gf_params &p, const gf_cull_plan &plan,
-                               const void *records, const void *points, const int64_t *order,
-                               const int64_t *cell_start, const int64_t *chunk_start,
-                               const int64_t *list_start, const int32_t *list, bool grad_x,
-                               cudaStream_t stream, int *cuda_error) {
+gf_status launch_culled_points(const gf_params &p, const StructureView &s,
+                               const WorkspaceLayout &l, const unsigned char *ws,
+                               const int32_t *list, bool grad_x, cudaStream_t stream,
+                               int *cuda_error) {
     /* at most ceil(B / kChunk) + num_cells + 1 chunks; the blocks past the last exit */
-    const int64_t blocks = ceil_div(p.num_points, kChunk) + plan.num_cells + 1;
+    const int64_t blocks = ceil_div(p.num_points, kChunk) + s.max_cells + 1;
     if (!grid_fits(blocks)) return GF_ERR_BAD_SIZE;
     const int cbv = channel_block_for(p.num_channels);
     GF_DTYPE_SWITCH(p.dtype, T, [&] {
@@ -229,9 +239,10 @@ gf_status launch_culled_points(const gf_params &p, const gf_cull_plan &plan,
                 const int64_t num_cb = kGradX ? 1 : channel_blocks(p.num_channels, CB);
                 const dim3 grid(unsigned(blocks), unsigned(std::min<int64_t>(num_cb, 65535)));
                 points_kernel<T, CB, kGradX><<<grid, kChunkThreads, 0, stream>>>(
-                    p, plan.num_cells, static_cast<const typename Types<T>::rec *>(records),
-                    static_cast<const StagedPoint<T> *>(points), order, cell_start, chunk_start,
-                    list_start, list);
+                    p, s.header, static_cast<const typename Types<T>::rec *>(s.records),
+                    static_cast<const StagedPoint<T> *>(s.points), s.point_order, s.cell_start,
+                    s.chunk_start, reinterpret_cast<const int64_t *>(ws + l.list_start), list,
+                    reinterpret_cast<const int64_t *>(ws + l.fitted));
             });
         });
     });

@@ -45,15 +45,18 @@ __device__ __forceinline__ void split_range(int64_t total, int64_t parts, int64_
 }
 
 /* The dense forward (grad_x false: out) or backward to the points (grad_x) of the
- * plan, from the records. */
+ * plan, from the records.  `gate`: NULL, or a culling structure's header on the device,
+ * where the kernels exit at once if the build chose the culled path. */
 gf_status launch_dense_points(const gf_params &p, const Plan &plan, const void *records,
-                              bool grad_x, cudaStream_t stream, int *cuda_error);
+                              bool grad_x, const gf_cull_header *gate, cudaStream_t stream,
+                              int *cuda_error);
 
 /* The dense backward to the Gaussians (the wanted of grad_means, grad_cov,
  * grad_weights): the chunks' partial sums into `partial` (Layout::partial), then their
  * finalize. */
 gf_status launch_dense_gaussians(const gf_params &p, const Plan &plan, const void *records,
-                                 void *partial, cudaStream_t stream, int *cuda_error);
+                                 void *partial, const gf_cull_header *gate, cudaStream_t stream,
+                                 int *cuda_error);
 
 /* The double backward (dense_second.cu): its workspace, and its stages (records and
  * directions, then the points' and the Gaussians' kernels), with its argument checks. */

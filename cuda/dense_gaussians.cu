@@ -57,9 +57,10 @@ __device__ __forceinline__ void sum_warps_store(const T (&v)[K], T *red, int64_t
 template <typename T, int K, int CB, bool kCut>
 __global__ void __launch_bounds__(kMaxWarps *kWarp)
     gaussians_kernel(gf_params p, const typename Types<T>::rec *records, int64_t num_chunks,
-                     T *partial) {
+                     T *partial, const gf_cull_header *gate) {
     using rec_t = typename Types<T>::rec;
     extern __shared__ __align__(16) unsigned char smem[];
+    if (gate && gate->culled) return; /* a culling build chose the culled kernels */
     const int lane = threadIdx.x % kWarp;
     const int warp = threadIdx.x / kWarp;
     const int num_warps = blockDim.x / kWarp;
@@ -184,10 +185,10 @@ constexpr size_t gaussians_smem_bytes(int warps) {
  * sums were taken with t = G, so they are multiplied by the weight here. */
 template <typename T>
 __global__ void __launch_bounds__(256)
-    finalize_kernel(gf_params p, const T *partial, int64_t num_chunks) {
+    finalize_kernel(gf_params p, const T *partial, int64_t num_chunks, const gf_cull_header *gate) {
     const int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
     const int64_t n_gauss = p.num_gaussians;
-    if (n >= n_gauss) return;
+    if (n >= n_gauss || (gate && gate->culled)) return;
     const int64_t C = p.num_channels;
     const int64_t rows = GF_NUM_SUMS + C; /* per chunk */
     T *gm = static_cast<T *>(p.grad_means);
@@ -222,7 +223,7 @@ __global__ void __launch_bounds__(256)
 template <typename T, int K, int CB, bool kCut>
 void launch_gaussians_kernel(const gf_params &p, const typename Types<T>::rec *records,
                              dim3 grid, int warps, int64_t chunks, T *partial,
-                             cudaStream_t stream) {
+                             const gf_cull_header *gate, cudaStream_t stream) {
     static_assert(K * CB <= kMaxChannelSums, "register blocking past the plan's bound");
     static_assert(gaussians_smem_bytes<T, K, CB>(kMaxWarps) <= kMaxSmem,
                   "gaussians_kernel needs more shared memory than a launch gets by default");
@@ -230,7 +231,7 @@ void launch_gaussians_kernel(const gf_params &p, const typename Types<T>::rec *r
                       [](int w) { return gaussians_smem_bytes<T, K, CB>(w); });
     if (warps < 1) warps = 1;  /* fits nowhere: the launch reports the error */
     gaussians_kernel<T, K, CB, kCut><<<grid, warps * kWarp, gaussians_smem_bytes<T, K, CB>(warps),
-                                 stream>>>(p, records, chunks, partial);
+                                 stream>>>(p, records, chunks, partial, gate);
 }
 
 }  // namespace
@@ -238,7 +239,8 @@ void launch_gaussians_kernel(const gf_params &p, const typename Types<T>::rec *r
 namespace gf_cuda {
 
 gf_status launch_dense_gaussians(const gf_params &p, const Plan &plan, const void *records,
-                                 void *partial, cudaStream_t stream, int *cuda_error) {
+                                 void *partial, const gf_cull_header *gate, cudaStream_t stream,
+                                 int *cuda_error) {
     const int64_t blocks = ceil_div(p.num_gaussians, int64_t(kWarp) * plan.gauss_k);
     if (!grid_fits(blocks)) return GF_ERR_BAD_SIZE;
     const dim3 grid(unsigned(blocks), unsigned(plan.chunks));
@@ -249,7 +251,7 @@ gf_status launch_dense_gaussians(const gf_params &p, const Plan &plan, const voi
             GF_BOOL_SWITCH(gf_has_cutoff(p.cutoff), kCut, [&] {
                 GF_BLOCKING_SWITCH(plan.gauss_k, 4, CB, kMaxChannelSums, K, [&] {
                     launch_gaussians_kernel<T, K, CB, kCut>(p, rec, grid, plan.gauss_warps,
-                                                            plan.chunks, sums, stream);
+                                                            plan.chunks, sums, gate, stream);
                 });
             });
         });
@@ -258,7 +260,7 @@ gf_status launch_dense_gaussians(const gf_params &p, const Plan &plan, const voi
     const int threads = 256;
     GF_DTYPE_SWITCH(p.dtype, T, [&] {
         finalize_kernel<T><<<unsigned(ceil_div(p.num_gaussians, threads)), threads, 0, stream>>>(
-            p, static_cast<const T *>(partial), plan.chunks);
+            p, static_cast<const T *>(partial), plan.chunks, gate);
     });
     GF_LAUNCH_CHECK(cuda_error);
     return GF_OK;

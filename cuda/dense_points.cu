@@ -56,10 +56,11 @@ using namespace gf_cuda;
  */
 template <typename T, int R, int CB, bool kGradX, bool kCut>
 __global__ void __launch_bounds__(kMaxWarps *kWarp)
-    points_kernel(gf_params p, const typename Types<T>::rec *records) {
+    points_kernel(gf_params p, const typename Types<T>::rec *records, const gf_cull_header *gate) {
     using rec_t = typename Types<T>::rec;
     constexpr int kAcc = kGradX ? 3 : CB; /* accumulators per point */
     extern __shared__ __align__(16) unsigned char smem[];
+    if (gate && gate->culled) return; /* a culling build chose the culled kernels */
     const int lane = threadIdx.x % kWarp;
     const int warp = threadIdx.x / kWarp;
     const int num_warps = blockDim.x / kWarp;
@@ -180,7 +181,7 @@ constexpr size_t points_smem_bytes(int warps) {
 
 template <typename T, int R, int CB, bool kGradX, bool kCut>
 void launch_points_kernel(const gf_params &p, const typename Types<T>::rec *records, dim3 grid,
-                          int warps, cudaStream_t stream) {
+                          int warps, const gf_cull_header *gate, cudaStream_t stream) {
     static_assert(R * CB <= kMaxAccumulators, "register blocking past the plan's bound");
     static_assert(points_smem_bytes<T, R, CB, kGradX>(kMaxWarps) <= kMaxSmem,
                   "points_kernel needs more shared memory than a launch gets by default");
@@ -188,7 +189,7 @@ void launch_points_kernel(const gf_params &p, const typename Types<T>::rec *reco
                       [](int w) { return points_smem_bytes<T, R, CB, kGradX>(w); });
     if (warps < 1) warps = 1;  /* fits nowhere: the launch reports the error */
     points_kernel<T, R, CB, kGradX, kCut>
-        <<<grid, warps * kWarp, points_smem_bytes<T, R, CB, kGradX>(warps), stream>>>(p, records);
+        <<<grid, warps * kWarp, points_smem_bytes<T, R, CB, kGradX>(warps), stream>>>(p, records, gate);
 }
 
 }  // namespace
@@ -196,7 +197,8 @@ void launch_points_kernel(const gf_params &p, const typename Types<T>::rec *reco
 namespace gf_cuda {
 
 gf_status launch_dense_points(const gf_params &p, const Plan &plan, const void *records,
-                              bool grad_x, cudaStream_t stream, int *cuda_error) {
+                              bool grad_x, const gf_cull_header *gate, cudaStream_t stream,
+                              int *cuda_error) {
     const int64_t point_blocks = ceil_div(p.num_points, int64_t(kWarp) * plan.points_r);
     /* the forward's grid holds every (point block, channel block) pair */
     const int64_t per_point_block = grad_x ? 1 : channel_blocks(p.num_channels, plan.channel_block);
@@ -211,7 +213,7 @@ gf_status launch_dense_points(const gf_params &p, const Plan &plan, const void *
                     GF_BLOCKING_SWITCH(plan.points_r, 8, CB, kMaxAccumulators, R, [&] {
                         launch_points_kernel<T, R, CB, kGradX, kCut>(
                             p, static_cast<const typename Types<T>::rec *>(records), grid,
-                            plan.points_warps, stream);
+                            plan.points_warps, gate, stream);
                     });
                 });
             });

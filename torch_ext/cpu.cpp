@@ -35,33 +35,178 @@ at::Tensor records_for(const gf_params& p, const at::Tensor& like) {
 }
 
 // The CPU's culling policy: cells of about 64 points (a point tile), plan from 2^22 pairs
-// (a few ms of dense work; the serial plan and build are O(B + N + the lists)), culled
-// when the plan's pairs are under half of B x N.
+// (a few ms of dense work; the plan's serial parts are O(B + cells)), culled when the
+// plan's pairs are under half of B x N.
 constexpr CullPolicy kCpuPolicy{64.0, double(1 << 22), 0.5};
 
-// A built culling structure: the plan and its workspace.
-struct Culled {
-  gf_cull_plan plan;
-  at::Tensor workspace;
+gf_cull_config cpu_config(Culling mode, double points_per_cell) {
+  gf_cull_config c{};
+  c.points_per_cell = points_per_cell;
+  c.always = mode == Culling::kAlways;
+  c.max_share = kCpuPolicy.max_share;
+  return c;
+}
+
+// The structure's size for p's shapes (the culled ops' second output; see
+// python/gaussfield/autograd.py's _structure_bytes, which mirrors it for the fakes).
+int64_t structure_bytes_cpu(const gf_params& p) {
+  const gf_cull_config c = cpu_config(Culling::kAuto, points_per_cell_setting(kCpuPolicy.points_per_cell));
+  return static_cast<int64_t>(gf_cpu_cull_structure_bytes(&p, &c));
+}
+
+// Gaussians [bounds[t], bounds[t + 1]) are the t-th range of the count and fill stages,
+// counts[t] its cells' counts; the lists do not depend on the split.
+struct CellCounts {
+  std::vector<int64_t> bounds;
+  std::vector<std::vector<int64_t>> counts;
 };
 
-// The culled structure for p (records set), or nullopt for the dense path.
-std::optional<Culled> cull_for(const gf_params& p, const at::Tensor& like, Culling mode,
-                               const CullPolicy& policy = kCpuPolicy) {
-  if (!should_plan(p, mode, policy)) return std::nullopt;
-  auto plan = choose_plan(
-      p, mode, policy,
-      [&](double per_cell) {
-        gf_cull_plan plan{};
-        check_status(gf_cpu_cull_plan(&p, per_cell, &plan), "culling plan");
-        return plan;
-      },
-      [&](const gf_cull_plan& plan) { return gf_cpu_cull_workspace_bytes(&p, &plan); });
-  if (!plan) return std::nullopt;
-  const size_t bytes = gf_cpu_cull_workspace_bytes(&p, &*plan);
-  at::Tensor ws = at::empty({static_cast<int64_t>(bytes)}, like.options().dtype(at::kByte));
-  check_status(gf_cpu_cull_build(&p, &*plan, ws.data_ptr(), bytes), "culling build");
-  return Culled{*plan, ws};
+CellCounts count_cells(const gf_params& p, const void* structure) {
+  gf_cull_header h{};
+  check_status(gf_cpu_cull_header(structure, &h), "culling header");
+  const int64_t N = p.num_gaussians;
+  const int64_t ranges = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), N / 256));
+  CellCounts cc;
+  for (int64_t t = 0; t <= ranges; ++t) cc.bounds.push_back(N * t / ranges);
+  cc.counts.assign(ranges, std::vector<int64_t>(h.plan.num_cells + 1, 0));
+  at::parallel_for(0, ranges, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t)
+      check_status(gf_cpu_cull_count(&p, structure, cc.bounds[t], cc.bounds[t + 1],
+                                     cc.counts[t].data()),
+                   "culling count");
+  });
+  return cc;
+}
+
+// Plans and finishes p's culling structure (records set) into `structure` (bytes of
+// structure_bytes_cpu), or leaves its header saying dense: a problem too small to plan,
+// GAUSSFIELD_CULLING=never, or lists over the budget at every cell size.  Where the
+// lists exceed the budget, cells of 8 times the points make them shorter.
+void build_structure(const gf_params& p, Culling mode, at::Tensor& structure) {
+  if (!should_plan(p, mode, kCpuPolicy)) return;
+  void* s = structure.data_ptr();
+  const size_t bytes = static_cast<size_t>(structure.numel());
+  const size_t budget = culling_budget_bytes(p.num_points, p.num_gaussians);
+  double per_cell = points_per_cell_setting(kCpuPolicy.points_per_cell);
+  for (int attempt = 0; attempt < 8; ++attempt, per_cell *= 8.0) {
+    gf_cull_config c = cpu_config(mode, per_cell);
+    check_status(gf_cpu_cull_plan(&p, &c, s, bytes), "culling plan");
+    CellCounts cc = count_cells(p, s);
+    gf_cull_header h{};
+    check_status(gf_cpu_cull_header(s, &h), "culling header");
+    std::vector<int64_t> total(h.plan.num_cells + 1, 0);
+    for (const auto& row : cc.counts)
+      for (int64_t c2 = 0; c2 < h.plan.num_cells; ++c2) total[c2] += row[c2];
+    int64_t length = 0;
+    for (int64_t c2 = 0; c2 < h.plan.num_cells; ++c2) length += total[c2];
+    const bool fits = bytes + static_cast<size_t>(length) * sizeof(int32_t) <= budget;
+    if (fits || h.plan.num_cells == 1) {
+      if (!fits) c.always = 0, c.max_share = 0.0;  // no plan within the budget: dense
+      check_status(gf_cpu_cull_finish(&p, &c, s, total.data()), "culling finish");
+      return;
+    }
+  }
+}
+
+bool is_culled(const at::Tensor& structure) {
+  return structure.numel() >= static_cast<int64_t>(sizeof(gf_cull_header)) &&
+         reinterpret_cast<const gf_cull_header*>(structure.data_ptr())->culled;
+}
+
+// The cell lists of a culled structure: its Gaussians' walk again, in ranges whose
+// cursors start where the ranges before them end.
+at::Tensor lists_of(const gf_params& p, const at::Tensor& structure) {
+  const void* s = structure.data_ptr();
+  const size_t bytes = gf_cpu_cull_lists_bytes(s);
+  at::Tensor lists = at::empty({static_cast<int64_t>(bytes)}, structure.options());
+  if (bytes == 0) return lists;
+  CellCounts cc = count_cells(p, s);
+  const int64_t* starts = gf_cpu_cull_list_starts(s);
+  const int64_t cells = static_cast<int64_t>(cc.counts[0].size()) - 1;
+  std::vector<std::vector<int64_t>> cursor(cc.counts.size());
+  for (size_t t = 0; t < cc.counts.size(); ++t) {
+    cursor[t].resize(cells);
+    for (int64_t c = 0; c < cells; ++c)
+      cursor[t][c] = t == 0 ? starts[c] : cursor[t - 1][c] + cc.counts[t - 1][c];
+  }
+  at::parallel_for(0, static_cast<int64_t>(cc.counts.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t)
+      check_status(gf_cpu_cull_fill(&p, s, cc.bounds[t], cc.bounds[t + 1], cursor[t].data(),
+                                    lists.data_ptr(), bytes),
+                   "culling lists");
+  });
+  return lists;
+}
+
+int64_t cells_of(const at::Tensor& structure) {
+  gf_cull_header h{};
+  check_status(gf_cpu_cull_header(structure.data_ptr(), &h), "culling header");
+  return h.plan.num_cells;
+}
+
+// p's forward into p.out (records set), culled where the structure says so.
+void forward_with(const gf_params& p, const at::Tensor& structure) {
+  if (structure.defined() && structure.numel() > 0 && is_culled(structure)) {
+    const at::Tensor lists = lists_of(p, structure);
+    const void* s = structure.data_ptr();
+    // a cell is a tile or two of points over its list
+    at::parallel_for(0, cells_of(structure) + 1, 1, [&](int64_t begin, int64_t end) {
+      check_status(gf_cpu_culled_forward(&p, s, lists.data_ptr(), begin, end), "culled forward");
+    });
+    return;
+  }
+  at::parallel_for(0, p.num_points, grain(p.num_gaussians), [&](int64_t begin, int64_t end) {
+    check_status(gf_cpu_forward(&p, begin, end), "forward");
+  });
+}
+
+// p's backward into its gradients (records set), culled where the structure says so.
+void backward_with(const gf_params& p, const at::Tensor& structure) {
+  if (structure.defined() && structure.numel() > 0 && is_culled(structure)) {
+    const void* s = structure.data_ptr();
+    if (p.grad_x) {
+      const at::Tensor lists = lists_of(p, structure);
+      at::parallel_for(0, cells_of(structure) + 1, 1, [&](int64_t begin, int64_t end) {
+        check_status(gf_cpu_culled_backward_points(&p, s, lists.data_ptr(), begin, end),
+                     "culled backward (points)");
+      });
+    }
+    if (p.grad_means || p.grad_cov || p.grad_weights) {
+      const size_t wb = gf_cpu_cull_backward_bytes(&p);
+      at::Tensor work = at::empty({static_cast<int64_t>(wb)}, structure.options());
+      check_status(gf_cpu_cull_backward_prepare(&p, s, work.data_ptr(), wb), "culled backward");
+      at::parallel_for(0, p.num_gaussians, 16, [&](int64_t begin, int64_t end) {
+        check_status(gf_cpu_culled_backward_gaussians(&p, s, work.data_ptr(), begin, end),
+                     "culled backward (gaussians)");
+      });
+    }
+    return;
+  }
+  if (p.grad_x) {
+    at::parallel_for(0, p.num_points, grain(p.num_gaussians), [&](int64_t begin, int64_t end) {
+      check_status(gf_cpu_backward_points(&p, begin, end), "backward (points)");
+    });
+  }
+  if (p.grad_means || p.grad_cov || p.grad_weights) {
+    // Split at the C core's block of Gaussians.
+    constexpr int64_t kBlock = GF_CPU_GAUSSIAN_BLOCK;
+    const int64_t blocks = (p.num_gaussians + kBlock - 1) / kBlock;
+    at::parallel_for(0, blocks, std::max<int64_t>(1, grain(p.num_points) / kBlock),
+                     [&](int64_t begin, int64_t end) {
+                       check_status(gf_cpu_backward_gaussians(
+                                        &p, begin * kBlock, std::min(end * kBlock, p.num_gaussians)),
+                                    "backward (gaussians)");
+                     });
+  }
+}
+
+// A new structure for p (records set), built where the policy plans; undefined where it
+// does not (the dense path, no allocation).
+at::Tensor structure_for(const gf_params& p, const at::Tensor& like, Culling mode) {
+  if (!should_plan(p, mode, kCpuPolicy)) return at::Tensor();
+  at::Tensor s = at::zeros({structure_bytes_cpu(p)}, like.options().dtype(at::kByte));
+  build_structure(p, mode, s);
+  return s;
 }
 
 at::Tensor gaussian_field_cpu(const at::Tensor& x, const at::Tensor& means,
@@ -74,19 +219,29 @@ at::Tensor gaussian_field_cpu(const at::Tensor& x, const at::Tensor& means,
   at::Tensor records = records_for(p, x);
   p.records = records.data_ptr();
   p.out = out.data_ptr();
-  if (auto culled = cull_for(p, x, culling_mode())) {
-    // a cell is a tile or two of points over its list
-    const gf_cull_plan& plan = culled->plan;
-    const void* ws = culled->workspace.data_ptr();
-    at::parallel_for(0, plan.num_cells + 1, 1, [&](int64_t begin, int64_t end) {
-      check_status(gf_cpu_culled_forward(&p, &plan, ws, begin, end), "culled forward");
-    });
-    return out;
-  }
-  at::parallel_for(0, p.num_points, grain(p.num_gaussians), [&](int64_t begin, int64_t end) {
-    check_status(gf_cpu_forward(&p, begin, end), "forward");
-  });
+  forward_with(p, structure_for(p, x, culling_mode()));
   return out;
+}
+
+// The forward of the culled pair of ops: the result and the structure, which
+// gaussian_field_culled_backward takes instead of building its own.  Its size is a
+// function of the shapes alone (and the switch: empty where the problem is not culled at
+// all, should_plan); where it is planned, its header says which path the build took.
+std::tuple<at::Tensor, at::Tensor> gaussian_field_culled_cpu(
+    const at::Tensor& x, const at::Tensor& means, const at::Tensor& cov,
+    const at::Tensor& weights, double eps, double cutoff) {
+  Problem prob = make_problem(x, means, cov, weights, eps, cutoff);
+  gf_params& p = prob.params;
+  at::Tensor out = allocate_output(x, weights, p);
+  if (p.num_points == 0 || p.num_gaussians == 0)
+    return {out, at::empty({0}, x.options().dtype(at::kByte))};
+  at::Tensor records = records_for(p, x);
+  p.records = records.data_ptr();
+  p.out = out.data_ptr();
+  at::Tensor structure = structure_for(p, x, culling_mode());
+  forward_with(p, structure);
+  if (!structure.defined()) structure = at::empty({0}, x.options().dtype(at::kByte));
+  return {out, structure};
 }
 
 BackwardResult gaussian_field_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x,
@@ -100,38 +255,23 @@ BackwardResult gaussian_field_backward_cpu(const at::Tensor& grad_out, const at:
   if (bp.has_work) {
     at::Tensor records = records_for(p, x);
     p.records = records.data_ptr();
-    if (auto culled = cull_for(p, x, culling_mode())) {
-      const gf_cull_plan& plan = culled->plan;
-      const void* ws = culled->workspace.data_ptr();
-      if (p.grad_x) {
-        at::parallel_for(0, plan.num_cells + 1, 1, [&](int64_t begin, int64_t end) {
-          check_status(gf_cpu_culled_backward_points(&p, &plan, ws, begin, end),
-                       "culled backward (points)");
-        });
-      }
-      at::parallel_for(0, p.num_gaussians, 16, [&](int64_t begin, int64_t end) {
-        check_status(gf_cpu_culled_backward_gaussians(&p, &plan, ws, begin, end),
-                     "culled backward (gaussians)");
-      });
-      return bp.result();
-    }
-    if (p.grad_x) {
-      at::parallel_for(0, p.num_points, grain(p.num_gaussians), [&](int64_t begin, int64_t end) {
-        check_status(gf_cpu_backward_points(&p, begin, end), "backward (points)");
-      });
-    }
-    if (p.grad_means || p.grad_cov || p.grad_weights) {
-      // Split at the C core's block of Gaussians.
-      constexpr int64_t kBlock = GF_CPU_GAUSSIAN_BLOCK;
-      const int64_t blocks = (p.num_gaussians + kBlock - 1) / kBlock;
-      at::parallel_for(0, blocks, std::max<int64_t>(1, grain(p.num_points) / kBlock),
-                       [&](int64_t begin, int64_t end) {
-                         check_status(gf_cpu_backward_gaussians(
-                                          &p, begin * kBlock,
-                                          std::min(end * kBlock, p.num_gaussians)),
-                                      "backward (gaussians)");
-                       });
-    }
+    backward_with(p, structure_for(p, x, culling_mode()));
+  }
+  return bp.result();
+}
+
+BackwardResult gaussian_field_culled_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& means,
+    const at::Tensor& cov, const at::Tensor& weights, double eps, double cutoff,
+    const at::Tensor& structure, std::array<bool, 4> output_mask) {
+  BackwardProblem bp =
+      make_backward_problem(grad_out, x, means, cov, weights, eps, cutoff, output_mask);
+  gf_params& p = bp.prob.params;
+  check_structure_tensor(structure, structure.numel() > 0 ? structure_bytes_cpu(p) : 0, x);
+  if (bp.has_work) {
+    at::Tensor records = records_for(p, x);
+    p.records = records.data_ptr();
+    backward_with(p, structure);
   }
   return bp.result();
 }
@@ -162,10 +302,10 @@ SecondResult gaussian_field_double_backward_cpu(
   return sp.result;
 }
 
-// [cells x, y, z, cell size, list length, pairs estimate, pairs evaluated, workspace
-// bytes] of the plan that the culled path would build for these inputs with this many
-// points per cell (whatever GAUSSFIELD_CULLING says), or [] when it would not cull
-// (no cutoff, or no plan within the budget).  For benchmarks: how tight the culling is.
+// [cells x, y, z, cell size, list length, pairs estimate, pairs evaluated, structure
+// bytes + lists bytes] of the structure that the culled path would build for these
+// inputs with this many points per cell (whatever GAUSSFIELD_CULLING says), or [] when
+// it would not cull (no plan within the budget).  For benchmarks: how tight the culling is.
 std::vector<double> culling_stats_cpu(const at::Tensor& x, const at::Tensor& means,
                                       const at::Tensor& cov, const at::Tensor& weights,
                                       double eps, double cutoff, double points_per_cell) {
@@ -174,17 +314,24 @@ std::vector<double> culling_stats_cpu(const at::Tensor& x, const at::Tensor& mea
   if (p.num_points == 0 || p.num_gaussians == 0) return {};
   at::Tensor records = records_for(p, x);
   p.records = records.data_ptr();
-  CullPolicy policy = kCpuPolicy;
-  policy.points_per_cell = points_per_cell;
-  auto culled = cull_for(p, x, Culling::kAlways, policy);
-  if (!culled) return {};
-  const gf_cull_plan& plan = culled->plan;
+  gf_cull_config c = cpu_config(Culling::kAlways, points_per_cell);
+  at::Tensor s = at::zeros({static_cast<int64_t>(gf_cpu_cull_structure_bytes(&p, &c))},
+                           x.options().dtype(at::kByte));
+  check_status(gf_cpu_cull_plan(&p, &c, s.data_ptr(), s.numel()), "culling plan");
+  CellCounts cc = count_cells(p, s.data_ptr());
+  const int64_t cells = static_cast<int64_t>(cc.counts[0].size()) - 1;
+  std::vector<int64_t> total(cells + 1, 0);
+  for (const auto& row : cc.counts)
+    for (int64_t k = 0; k < cells; ++k) total[k] += row[k];
+  check_status(gf_cpu_cull_finish(&p, &c, s.data_ptr(), total.data()), "culling finish");
+  gf_cull_header h{};
+  check_status(gf_cpu_cull_header(s.data_ptr(), &h), "culling header");
   double pairs = 0;
-  check_status(gf_cpu_cull_pairs(&p, &plan, culled->workspace.data_ptr(), &pairs),
-               "culling pairs");
+  check_status(gf_cpu_cull_pairs(&p, s.data_ptr(), &pairs), "culling pairs");
+  const gf_cull_plan& plan = h.plan;
   return {double(plan.dims[0]), double(plan.dims[1]), double(plan.dims[2]), plan.cell_size,
           double(plan.list_length), plan.pairs_estimate, pairs,
-          double(culled->workspace.numel())};
+          double(s.numel()) + double(gf_cpu_cull_lists_bytes(s.data_ptr()))};
 }
 
 }  // namespace
@@ -196,5 +343,7 @@ TORCH_LIBRARY_IMPL(gaussfield, CPU, m) {
   m.impl("gaussian_field_backward",
          &gaussfield::backward_promoted<&gaussfield::gaussian_field_backward_cpu>);
   m.impl("_culling_stats", &gaussfield::culling_stats_cpu);
+  m.impl("_gaussian_field_culled", &gaussfield::gaussian_field_culled_cpu);
+  m.impl("_gaussian_field_culled_backward", &gaussfield::gaussian_field_culled_backward_cpu);
   m.impl("gaussian_field_double_backward", &gaussfield::gaussian_field_double_backward_cpu);
 }

@@ -8,7 +8,10 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <map>
+#include <mutex>
 #include <optional>
+#include <tuple>
 
 #include "culling.h"
 #include "problem.h"
@@ -45,88 +48,223 @@ at::Tensor workspace_for(const gf_params& p, bool backward, const at::Tensor& li
 }
 
 // The GPU's culling policy: cells of about 128 points (a culled points block holds up to
-// 256 of a cell, two a thread, so a cell is one block), plan from 2^26
-// pairs (below, the dense kernels take tens of microseconds, what the plan's
-// synchronisation costs), culled when the plan's pairs are under a third of B x N (a
-// culled pair costs more than a dense one: gathered records, partial chunks).
+// 256 of a cell, two a thread, so a cell is one block), plan from 2^26 pairs (below, the
+// dense kernels take tens of microseconds, what a plan's dozen launches cost), culled
+// when the plan's pairs are under a third of B x N (a culled pair costs more than a
+// dense one: gathered records, partial chunks).  The last is decided on the device.
 constexpr CullPolicy kCudaPolicy{128.0, double(1 << 26), 1.0 / 3.0};
 
-// A culling plan and the workspaces of the culled stages.
-struct CudaCulled {
-  gf_cull_plan plan;
-  at::Tensor plan_workspace;
-  at::Tensor workspace;
+// ---- the lists' capacity -------------------------------------------------------------
+// The lists' length is known on the device only.  Each problem shape (device, B, N, C,
+// dtype) keeps a slot of mapped pinned host memory that every build of that shape writes
+// the length into (gf_cull_config.length_report); the next call sizes the lists from it
+// (1.25 times, within the budget) without waiting for anything.  The first call of a
+// shape, eagerly, reads its plan's length once (a synchronisation); under CUDA graph
+// capture, with no length seen yet, it takes a default of 64 entries a Gaussian.  A
+// capacity that proves short only sends the Gaussians past it to the exact overflow path:
+// the result never depends on it.
+
+struct LengthSlot {
+  int64_t* host = nullptr;    // mapped pinned: the device writes, the host reads
+  int64_t* device = nullptr;  // its device address
 };
 
-// The culled structure for p, or nullopt for the dense path.  The plan synchronises
-// the stream (it needs the lists' length on the host), which a CUDA graph capture
-// cannot do: under capture auto takes the dense path and always is an error.
-std::optional<CudaCulled> cull_for(const gf_params& p, const at::Tensor& like, bool backward) {
-  const Culling mode = culling_mode();
-  if (!should_plan(p, mode, kCudaPolicy)) return std::nullopt;
-  if (c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None) {
-    TORCH_CHECK(mode != Culling::kAlways,
-                "gaussfield: GAUSSFIELD_CULLING=always cannot be captured in a CUDA graph: the "
-                "culled path's plan reads the size of its lists on the host. Capture with "
-                "GAUSSFIELD_CULLING=auto (the dense path under capture, the same result) or never.");
-    return std::nullopt;
+std::mutex length_mutex;
+
+bool capturing();
+
+// The slot of p's shape on `device`; none (the default capacity) where it does not exist
+// yet and the stream is being captured (no allocation there).
+LengthSlot length_slot(const gf_params& p, int device) {
+  using Key = std::tuple<int, int64_t, int64_t, int64_t, int>;
+  static std::map<Key, LengthSlot> slots;
+  const Key key{device, p.num_points, p.num_gaussians, p.num_channels, int(p.dtype)};
+  std::lock_guard<std::mutex> lock(length_mutex);
+  auto it = slots.find(key);
+  if (it != slots.end()) return it->second;
+  LengthSlot slot;
+  if (capturing()) return slot;
+  void* host = nullptr;
+  if (slots.size() < 4096 &&
+      cudaHostAlloc(&host, sizeof(int64_t), cudaHostAllocMapped) == cudaSuccess) {
+    *static_cast<volatile int64_t*>(host) = -1;  // no length seen yet
+    void* dev = nullptr;
+    if (cudaHostGetDevicePointer(&dev, host, 0) == cudaSuccess) {
+      slot.host = static_cast<int64_t*>(host);
+      slot.device = static_cast<int64_t*>(dev);
+    } else {
+      cudaFreeHost(host);
+    }
   }
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
-  int cuda_error = 0;
-  size_t plan_bytes = 0;
-  check_cuda(gf_cuda_cull_plan_bytes(&p, &plan_bytes, &cuda_error), cuda_error,
-             "culling plan size");
-  at::Tensor plan_ws =
-      at::empty({static_cast<int64_t>(plan_bytes)}, like.options().dtype(at::kByte));
-  auto plan = choose_plan(
-      p, mode, kCudaPolicy,
-      [&](double per_cell) {
-        gf_cull_plan plan{};
-        check_cuda(gf_cuda_cull_plan(&p, per_cell, plan_ws.data_ptr(), plan_bytes, stream,
-                                     &plan, &cuda_error),
-                   cuda_error, "culling plan");
-        return plan;
-      },
-      [&](const gf_cull_plan& plan) {
-        size_t bytes = 0;
-        check_cuda(gf_cuda_culled_workspace_bytes(&p, &plan, backward ? 1 : 0, &bytes,
-                                                  &cuda_error),
-                   cuda_error, "culling workspace size");
-        return bytes + plan_bytes;
-      });
-  if (!plan) return std::nullopt;
+  (void)cudaGetLastError();
+  slots.emplace(key, slot);  // a failed allocation: no slot, the default every call
+  return slot;
+}
+
+bool capturing() {
+  return c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None;
+}
+
+gf_cull_config cuda_config(Culling mode) {
+  gf_cull_config c{};
+  c.points_per_cell = points_per_cell_setting(kCudaPolicy.points_per_cell);
+  c.always = mode == Culling::kAlways;
+  c.max_share = kCudaPolicy.max_share;
+  return c;
+}
+
+int64_t structure_bytes_cuda(const gf_params& p, const gf_cull_config& c) {
   size_t bytes = 0;
-  check_cuda(gf_cuda_culled_workspace_bytes(&p, &*plan, backward ? 1 : 0, &bytes, &cuda_error),
+  check_cuda(gf_cuda_cull_structure_bytes(&p, &c, &bytes), 0, "culling structure size");
+  return static_cast<int64_t>(bytes);
+}
+
+at::Tensor culled_workspace(const gf_params& p, gf_cull_config& c, bool backward,
+                            const at::Tensor& like, size_t* bytes) {
+  int cuda_error = 0;
+  check_cuda(gf_cuda_culled_workspace_bytes(&p, &c, backward ? 1 : 0, bytes, &cuda_error),
              cuda_error, "culling workspace size");
-  at::Tensor ws = at::empty({static_cast<int64_t>(bytes)}, like.options().dtype(at::kByte));
-  return CudaCulled{*plan, plan_ws, ws};
+  return at::empty({static_cast<int64_t>(*bytes)}, like.options().dtype(at::kByte));
+}
+
+// The lists' capacity for a call on p's shape, within the budget left beside the
+// structure and the rest of the workspace; `exact`: a length read from this call's plan.
+int64_t list_capacity(const gf_params& p, gf_cull_config c, int64_t structure_bytes,
+                      bool backward, std::optional<int64_t> exact, const LengthSlot& slot) {
+  int64_t length = exact ? *exact : -1;
+  if (!exact && slot.host) length = *static_cast<volatile int64_t*>(slot.host);
+  int64_t cap = length >= 0 ? length + length / 4 + 1024
+                            : 64 * p.num_gaussians + 1024;  // nothing seen: a default
+  c.list_capacity = 0;
+  size_t rest = 0;
+  int cuda_error = 0;
+  check_cuda(gf_cuda_culled_workspace_bytes(&p, &c, backward ? 1 : 0, &rest, &cuda_error),
+             cuda_error, "culling workspace size");
+  const double budget = double(culling_budget_bytes(p.num_points, p.num_gaussians));
+  const double room = budget - double(rest) - double(structure_bytes);
+  const int64_t most = room > 0 ? int64_t(room / (4.0 * sizeof(uint32_t))) : 0;  // 16 B an entry
+  return std::max<int64_t>(0, std::min(cap, most));
+}
+
+// Whether p is culled at all: a cutoff, and a problem large enough (shapes and the
+// switch only, so that eager calls and a captured graph decide alike; whether the culled
+// pairs pay is then the device's decision, in the structure).
+bool plans(const gf_params& p, Culling mode) { return should_plan(p, mode, kCudaPolicy); }
+
+// Builds p's structure (allocated here) on the current stream; c's capacity set for a
+// following forward.
+at::Tensor build(const gf_params& p, gf_cull_config& c, const at::Tensor& like) {
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  const LengthSlot slot = length_slot(p, like.get_device());
+  c.length_report = slot.device;
+  const int64_t sbytes = structure_bytes_cuda(p, c);
+  at::Tensor structure = at::zeros({sbytes}, like.options().dtype(at::kByte));
+  c.list_capacity = 0;
+  size_t wbytes = 0;
+  at::Tensor ws = culled_workspace(p, c, false, like, &wbytes);
+  int cuda_error = 0;
+  check_cuda(gf_cuda_cull_build(&p, &c, structure.data_ptr(), sbytes, ws.data_ptr(), wbytes, stream,
+                                &cuda_error),
+             cuda_error, "culling build");
+  std::optional<int64_t> exact;
+  const bool seen = slot.host && *static_cast<volatile int64_t*>(slot.host) >= 0;
+  if (!seen && !capturing()) {
+    gf_cull_header h{};
+    check_cuda(gf_cuda_cull_header(structure.data_ptr(), stream, &h, &cuda_error), cuda_error,
+               "culling plan");
+    exact = h.plan.list_length;
+  }
+  c.list_capacity = list_capacity(p, c, sbytes, false, exact, slot);
+  return structure;
+}
+
+void culled_forward(const gf_params& p, gf_cull_config& c, const at::Tensor& structure,
+                    const at::Tensor& like) {
+  size_t bytes = 0;
+  at::Tensor ws = culled_workspace(p, c, false, like, &bytes);
+  int cuda_error = 0;
+  check_cuda(gf_cuda_culled_forward(&p, &c, structure.data_ptr(), structure.numel(),
+                                    ws.data_ptr(), bytes,
+                                    c10::cuda::getCurrentCUDAStream().stream(), &cuda_error),
+             cuda_error, "culled forward");
+}
+
+void culled_backward(const gf_params& p, gf_cull_config c, const at::Tensor& structure,
+                     const at::Tensor& like) {
+  const LengthSlot slot = length_slot(p, like.get_device());
+  c.length_report = nullptr;
+  c.list_capacity = p.grad_x ? list_capacity(p, c, structure.numel(), true, std::nullopt, slot) : 0;
+  size_t bytes = 0;
+  at::Tensor ws = culled_workspace(p, c, true, like, &bytes);
+  int cuda_error = 0;
+  check_cuda(gf_cuda_culled_backward(&p, &c, structure.data_ptr(), structure.numel(),
+                                     ws.data_ptr(), bytes,
+                                     c10::cuda::getCurrentCUDAStream().stream(), &cuda_error),
+             cuda_error, "culled backward");
+}
+
+void dense_forward(const gf_params& p, const at::Tensor& like) {
+  size_t bytes = 0;
+  at::Tensor workspace = workspace_for(p, false, like, &bytes);
+  int cuda_error = 0;
+  check_cuda(gf_cuda_forward(&p, workspace.data_ptr(), bytes,
+                             c10::cuda::getCurrentCUDAStream().stream(), &cuda_error),
+             cuda_error, "forward");
+}
+
+void dense_backward(const gf_params& p, const at::Tensor& like) {
+  size_t bytes = 0;
+  at::Tensor workspace = workspace_for(p, true, like, &bytes);
+  int cuda_error = 0;
+  check_cuda(gf_cuda_backward(&p, workspace.data_ptr(), bytes,
+                              c10::cuda::getCurrentCUDAStream().stream(), &cuda_error),
+             cuda_error, "backward");
 }
 
 at::Tensor gaussian_field_cuda(const at::Tensor& x, const at::Tensor& means,
                                const at::Tensor& cov, const at::Tensor& weights, double eps,
-                              std::optional<double> cutoff) {
+                               std::optional<double> cutoff) {
   Problem prob = make_problem(x, means, cov, weights, eps, cutoff);
   gf_params& p = prob.params;
   at::Tensor out = allocate_output(x, weights, p);
   if (p.num_points == 0 || p.num_gaussians == 0) return out;
   const c10::cuda::CUDAGuard guard(x.device());
   p.out = out.data_ptr();
-  if (auto culled = cull_for(p, x, false)) {
-    int cuda_error = 0;
-    check_cuda(gf_cuda_culled_forward(&p, &culled->plan, culled->plan_workspace.data_ptr(),
-                                      culled->plan_workspace.numel(),
-                                      culled->workspace.data_ptr(), culled->workspace.numel(),
-                                      c10::cuda::getCurrentCUDAStream().stream(), &cuda_error),
-               cuda_error, "culled forward");
+  const Culling mode = culling_mode();
+  if (plans(p, mode)) {
+    gf_cull_config c = cuda_config(mode);
+    const at::Tensor structure = build(p, c, x);
+    culled_forward(p, c, structure, x);
     return out;
   }
-  size_t bytes = 0;
-  at::Tensor workspace = workspace_for(p, false, x, &bytes);
-  int cuda_error = 0;
-  check_cuda(gf_cuda_forward(&p, workspace.data_ptr(), bytes,
-                             c10::cuda::getCurrentCUDAStream().stream(), &cuda_error),
-             cuda_error, "forward");
+  dense_forward(p, x);
   return out;
+}
+
+// The forward of the culled pair: the result and the structure, which the backward of
+// the pair takes instead of building its own.  The structure is empty where the
+// problem is not culled at all (plans(): shapes and the switch, as the fake knows).
+std::tuple<at::Tensor, at::Tensor> gaussian_field_culled_cuda(
+    const at::Tensor& x, const at::Tensor& means, const at::Tensor& cov,
+    const at::Tensor& weights, double eps, double cutoff) {
+  Problem prob = make_problem(x, means, cov, weights, eps, cutoff);
+  gf_params& p = prob.params;
+  at::Tensor out = allocate_output(x, weights, p);
+  const Culling mode = culling_mode();
+  if (!plans(p, mode)) {
+    if (p.num_points > 0 && p.num_gaussians > 0) {
+      const c10::cuda::CUDAGuard guard(x.device());
+      p.out = out.data_ptr();
+      dense_forward(p, x);
+    }
+    return {out, at::empty({0}, x.options().dtype(at::kByte))};
+  }
+  const c10::cuda::CUDAGuard guard(x.device());
+  p.out = out.data_ptr();
+  gf_cull_config c = cuda_config(mode);
+  at::Tensor structure = build(p, c, x);
+  culled_forward(p, c, structure, x);
+  return {out, structure};
 }
 
 BackwardResult gaussian_field_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x,
@@ -137,25 +275,36 @@ BackwardResult gaussian_field_backward_cuda(const at::Tensor& grad_out, const at
   BackwardProblem bp =
       make_backward_problem(grad_out, x, means, cov, weights, eps, cutoff, output_mask);
   gf_params& p = bp.prob.params;
-  if (bp.has_work) {
-    const c10::cuda::CUDAGuard guard(x.device());
-    int cuda_error = 0;
-    if (auto culled = cull_for(p, x, true)) {
-      check_cuda(gf_cuda_culled_backward(&p, &culled->plan, culled->plan_workspace.data_ptr(),
-                                         culled->plan_workspace.numel(),
-                                         culled->workspace.data_ptr(),
-                                         culled->workspace.numel(),
-                                         c10::cuda::getCurrentCUDAStream().stream(),
-                                         &cuda_error),
-                 cuda_error, "culled backward");
-      return bp.result();
-    }
-    size_t bytes = 0;
-    at::Tensor workspace = workspace_for(p, true, x, &bytes);
-    check_cuda(gf_cuda_backward(&p, workspace.data_ptr(), bytes,
-                                c10::cuda::getCurrentCUDAStream().stream(), &cuda_error),
-               cuda_error, "backward");
+  if (!bp.has_work) return bp.result();
+  const c10::cuda::CUDAGuard guard(x.device());
+  const Culling mode = culling_mode();
+  if (plans(p, mode)) {
+    gf_cull_config c = cuda_config(mode);
+    // the build reads no grad_out: the structure is the forward's for the same inputs
+    gf_params q = p;
+    q.grad_out = nullptr;
+    const at::Tensor structure = build(q, c, x);
+    culled_backward(p, c, structure, x);
+    return bp.result();
   }
+  dense_backward(p, x);
+  return bp.result();
+}
+
+BackwardResult gaussian_field_culled_backward_cuda(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& means,
+    const at::Tensor& cov, const at::Tensor& weights, double eps, double cutoff,
+    const at::Tensor& structure, std::array<bool, 4> output_mask) {
+  BackwardProblem bp =
+      make_backward_problem(grad_out, x, means, cov, weights, eps, cutoff, output_mask);
+  gf_params& p = bp.prob.params;
+  const gf_cull_config c = cuda_config(culling_mode());
+  const bool culled = structure.numel() > 0;
+  check_structure_tensor(structure, culled ? structure_bytes_cuda(p, c) : 0, x);
+  if (!bp.has_work) return bp.result();
+  const c10::cuda::CUDAGuard guard(x.device());
+  if (culled) culled_backward(p, c, structure, x);
+  else dense_backward(p, x);
   return bp.result();
 }
 
@@ -189,4 +338,6 @@ TORCH_LIBRARY_IMPL(gaussfield, CUDA, m) {
   m.impl("gaussian_field_backward",
          &gaussfield::backward_promoted<&gaussfield::gaussian_field_backward_cuda>);
   m.impl("gaussian_field_double_backward", &gaussfield::gaussian_field_double_backward_cuda);
+  m.impl("_gaussian_field_culled", &gaussfield::gaussian_field_culled_cuda);
+  m.impl("_gaussian_field_culled_backward", &gaussfield::gaussian_field_culled_backward_cuda);
 }

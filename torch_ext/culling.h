@@ -1,20 +1,25 @@
 // culling.h - when the ops take the culled path, shared by the CPU and CUDA
-// implementations: the GAUSSFIELD_CULLING switch, the memory budget, and the choice of
-// a plan within it.
+// implementations: the GAUSSFIELD_CULLING switch, the memory budget, the cells' size.
 //
 //   GAUSSFIELD_CULLING=auto (default)  culled when there is a cutoff, the problem is large
-//                                      enough to repay the plan, and the plan's pairs are
-//                                      few enough against B x N
-//                      always          culled whenever there is a cutoff (and the lists fit
-//                                      the budget at some cell size)
+//                                      enough to repay the plan (shapes: should_plan), and
+//                                      the plan's pairs are few enough against B x N (the
+//                                      plan's decision: on the host on the CPU, on the
+//                                      device on CUDA, so that a CUDA graph decides alike)
+//                      always          culled whenever there is a cutoff
 //                      never           the dense masked path
-//   GAUSSFIELD_CULLING_BUDGET_MB       the culling workspace's cap (default: 1024 MiB plus
+//   GAUSSFIELD_CULLING_BUDGET_MB       the culling's memory cap (default: 1024 MiB plus
 //                                      512 bytes a point and a Gaussian, so that it grows
-//                                      with the problem: the workspace's own floor is about
-//                                      100 bytes a Gaussian, for the records and lists)
+//                                      with the problem).  On the CPU, where the lists
+//                                      would pass it, cells of 8 times the points make them
+//                                      shorter (and at one cell, the dense path); on CUDA
+//                                      it caps the lists' capacity, past which Gaussians
+//                                      take the exact overflow path (cuda.cpp)
 //   GAUSSFIELD_CULLING_POINTS_PER_CELL the grid's target of points per cell (default: the
-//                                      device's policy, 64 on the CPU, 128 on CUDA); a
-//                                      tuning knob for benchmarks/profile_cull.py
+//                                      device's policy, 64 on the CPU, 128 on CUDA), a
+//                                      documented override for tuning; it also sizes the
+//                                      culling structure (python/gaussfield/autograd.py's
+//                                      fakes read it too)
 //
 // The culled and dense paths compute the same pairs' sums (gf_pair_keep decides both);
 // only the summation order differs.
@@ -22,7 +27,6 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <optional>
 
 #include "gaussfield.h"
 
@@ -59,31 +63,6 @@ inline bool should_plan(const gf_params& p, Culling mode, const CullPolicy& poli
   return mode == Culling::kAlways ||
          static_cast<double>(p.num_points) * static_cast<double>(p.num_gaussians) >=
              policy.min_pairs;
-}
-
-// The plan to run, or nullopt for the dense path.  plan(points_per_cell, &plan) makes a
-// plan and bytes(plan) sizes its workspace; when that exceeds the budget, cells of 8
-// times the points (twice the side) make shorter lists, up to one cell; a plan that
-// still does not fit leaves the dense path (which needs no lists) to do the work.
-template <class PlanFn, class BytesFn>
-std::optional<gf_cull_plan> choose_plan(const gf_params& p, Culling mode,
-                                        const CullPolicy& policy, PlanFn plan_fn,
-                                        BytesFn bytes_fn) {
-  if (!should_plan(p, mode, policy)) return std::nullopt;
-  const size_t budget = culling_budget_bytes(p.num_points, p.num_gaussians);
-  double per_cell = points_per_cell_setting(policy.points_per_cell);
-  for (int attempt = 0; attempt < 8; ++attempt, per_cell *= 8.0) {
-    gf_cull_plan plan = plan_fn(per_cell);
-    if (bytes_fn(plan) <= budget) {
-      const double pairs =
-          static_cast<double>(p.num_points) * static_cast<double>(p.num_gaussians);
-      if (mode == Culling::kAuto && !(plan.pairs_estimate < policy.max_share * pairs))
-        return std::nullopt;
-      return plan;
-    }
-    if (plan.num_cells == 1) break;
-  }
-  return std::nullopt;
 }
 
 }  // namespace gaussfield

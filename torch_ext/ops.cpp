@@ -267,6 +267,16 @@ BackwardProblem make_backward_problem(const at::Tensor& grad_out, const at::Tens
   return b;
 }
 
+void check_structure_tensor(const at::Tensor& structure, int64_t bytes, const at::Tensor& x) {
+  TORCH_CHECK(structure.scalar_type() == at::kByte && structure.dim() == 1 &&
+                  structure.numel() == bytes && structure.is_contiguous(),
+              "structure must be the culling structure of _gaussian_field_culled for these "
+              "inputs (uint8 [", bytes, "], contiguous), got ", structure.scalar_type(), " ",
+              structure.sizes());
+  TORCH_CHECK(structure.device() == x.device(), "structure must be on the device of x (",
+              x.device(), "), got ", structure.device());
+}
+
 void check_status(gf_status status, const char* what) {
   TORCH_CHECK(status == GF_OK, "gaussfield: ", what, " failed: ", gf_status_string(status));
 }
@@ -293,6 +303,18 @@ TORCH_LIBRARY(gaussfield, m) {
       "Tensor weights, float eps, float? cutoff, Tensor? dir_x, Tensor? dir_means, "
       "Tensor? dir_cov, Tensor? dir_weights, bool[5] output_mask) -> (Tensor, Tensor, Tensor, "
       "Tensor, Tensor)");
+  // The culled pair of ops: the forward returns, beside the result, the culling structure
+  // (uint8, its size a function of the shapes alone) that the backward takes instead of
+  // planning again.  Private: the Autograd kernel of gaussian_field uses them on its
+  // first-order path (python/gaussfield/autograd.py); gaussian_field_backward, the C++
+  // API and direct calls keep planning their own.
+  m.def(
+      "_gaussian_field_culled(Tensor x, Tensor means, Tensor cov, Tensor weights, float eps, "
+      "float cutoff) -> (Tensor, Tensor)");
+  m.def(
+      "_gaussian_field_culled_backward(Tensor grad_out, Tensor x, Tensor means, Tensor cov, "
+      "Tensor weights, float eps, float cutoff, Tensor structure, bool[4] output_mask) -> "
+      "(Tensor, Tensor, Tensor, Tensor)");
   // Benchmarks' view of the culling plan (CPU tensors; see cpu.cpp): not part of the
   // differentiable API.
   m.def(

@@ -67,6 +67,10 @@ BackwardProblem make_backward_problem(const at::Tensor& grad_out, const at::Tens
                                       std::optional<double> cutoff,
                                       std::array<bool, 4> output_mask);
 
+// Throws a c10::Error naming `structure` unless it is a culling structure of `bytes`
+// bytes on x's device (what _gaussian_field_culled returned for inputs of these shapes).
+void check_structure_tensor(const at::Tensor& structure, int64_t bytes, const at::Tensor& x);
+
 // Throws a c10::Error carrying gf_status_string(status) when status != GF_OK.
 void check_status(gf_status status, const char* what);
 

@@ -30,6 +30,7 @@ which ``torch.func`` needs.  Where that API is missing the kernels fall back to 
 error instead.
 """
 import math
+import os
 import threading
 
 import torch
@@ -41,6 +42,8 @@ from ._common import DEFAULT_EPS
 _FORWARD = "gaussfield::gaussian_field"
 _BACKWARD = "gaussfield::gaussian_field_backward"
 _SECOND = "gaussfield::gaussian_field_double_backward"
+_CULLED = "gaussfield::_gaussian_field_culled"
+_CULLED_BACKWARD = "gaussfield::_gaussian_field_culled_backward"
 
 try:  # private API: guarded (see the module's docstring)
     from torch._C._functorch import TransformType as _TransformType
@@ -127,6 +130,83 @@ def _gaussian_field_double_backward_fake(grad_out, x, means, cov, weights, eps, 
                      lambda: "each direction must have the shape of its input")
     shapes = (_result_shape(x, weights), x.shape, means.shape, cov.shape, weights.shape)
     return tuple(x.new_empty(s) if wanted else None for s, wanted in zip(shapes, output_mask))
+
+
+# The culling structure's bytes, as torch_ext computes them (cpu.cpp's
+# structure_bytes_cpu and cuda.cpp's, through gf_*_cull_structure_bytes): a function of
+# the shapes, the dtype and the points per cell alone, so that the fake knows it.
+_HEADER_BYTES = 128  # sizeof(gf_cull_header) = 104, aligned to 64
+_MAX_CELLS = 1 << 22
+_POINTS_PER_CELL = {"cpu": 64.0, "cuda": 128.0}  # torch_ext's policies
+_MIN_PAIRS = {"cpu": 1 << 22, "cuda": 1 << 26}    # ... and their sizes to plan from
+
+
+def _points_per_cell(device_type):
+    v = os.environ.get("GAUSSFIELD_CULLING_POINTS_PER_CELL", "")
+    return float(v) if v else _POINTS_PER_CELL[device_type]
+
+
+def _max_cells(B, per_cell):
+    """gf_grid_max_cells: floor(B / per_cell) within [1, 2^22]."""
+    cells = torch.sym_int(B / per_cell) if isinstance(B, torch.SymInt) else int(B / per_cell)
+    return torch.sym_max(1, torch.sym_min(_MAX_CELLS, cells))
+
+
+def _align(v, a):
+    return (v + a - 1) // a * a
+
+
+def _structure_bytes(x, means, weights, device_type):
+    """Bytes of the culling structure of these inputs (csrc/gf_cpu_cull.c's layout_of,
+    cuda/cull_plan.cu's structure_layout); 0 where the problem is not culled at all
+    (torch_ext's should_plan: the switch, empty inputs, a problem too small to plan)."""
+    B = math.prod(x.shape[:-1]) if x.dim() > 1 else 1
+    N = means.shape[0]
+    mode = os.environ.get("GAUSSFIELD_CULLING", "") or "auto"
+    if mode == "never" or B == 0 or N == 0 or N > 0x7FFFFFFF:
+        return 0
+    if mode != "always" and B * N < _MIN_PAIRS[device_type]:
+        return 0
+    es = x.element_size()
+    cells = _max_cells(B, _points_per_cell(device_type))
+    if device_type == "cpu":
+        at = _align(_HEADER_BYTES + (cells + 2) * 8, 64)   # cell_start
+        at = _align(at + (cells + 1) * 8, 64)              # list_start
+        at = _align(at + B * 8, 64)                        # point_order
+        at = _align(at + B * 8, 64)                        # point_cell
+        return _align(at + 3 * B * es, 64)                 # sorted x, y, z
+    return _cuda_structure_bytes(B, N, es, cells)
+
+
+def _cuda_structure_bytes(B, N, es, cells):
+    """cuda/cull.cuh's StructureLayout: every array 256-byte aligned."""
+    at = 256                                     # the header
+    at += _align(N * 16 * es, 256)               # records
+    at += _align((N + 1) * 8, 256)               # offsets
+    at += 2 * _align((cells + 2) * 8, 256)       # cell_start, chunk_start
+    at += _align(B * 8, 256)                     # point_order
+    at += _align(B * 4 * es, 256)                # points (x, y, z, spare)
+    at += _align(N * 4, 256)                     # gauss_order
+    return at
+
+
+@torch.library.register_fake(_CULLED)
+def _gaussian_field_culled_fake(x, means, cov, weights, eps, cutoff):
+    _check_inputs_fake(x, means, cov, weights, cutoff)
+    device_type = x.device.type if x.device.type in _POINTS_PER_CELL else "cpu"
+    return (x.new_empty(_result_shape(x, weights)),
+            x.new_empty((_structure_bytes(x, means, weights, device_type),), dtype=torch.uint8))
+
+
+@torch.library.register_fake(_CULLED_BACKWARD)
+def _gaussian_field_culled_backward_fake(grad_out, x, means, cov, weights, eps, cutoff,
+                                         structure, output_mask):
+    _check_inputs_fake(x, means, cov, weights, cutoff)
+    torch._check(structure.dim() == 1, lambda: "structure must be 1-D")
+    return tuple(
+        t.new_empty(t.shape) if wanted else None
+        for t, wanted in zip((x, means, cov, weights), output_mask)
+    )
 
 
 # ---- the front-end in PyTorch -------------------------------------------------------
@@ -270,6 +350,56 @@ class _FieldFunction(_FunctionBase):
                 t_weights, [True, False, False, False, False])[0]
 
 
+class _CulledFieldFunction(_FunctionBase):
+    """The graph node of ``gaussian_field`` with a cutoff on the first-order path: the
+    forward is the culled pair's, which returns beside the result the culling structure
+    it built (the grid, the points sorted by cell, the path it chose; O(B + N) bytes, a
+    number that the shapes alone decide), saved with the inputs, so that the backward
+    neither plans nor sorts again.  A second ``.backward()`` (retain_graph) reads the same
+    structure and gives the same bits; with ``create_graph=True`` the backward takes the
+    differentiable path of ``_FieldFunction`` (which plans again)."""
+
+    @staticmethod
+    def forward(x, means, cov, weights, eps, cutoff):
+        with torch._C._AutoDispatchBelowAutograd():
+            return torch.ops.gaussfield._gaussian_field_culled(x, means, cov, weights, eps, cutoff)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, means, cov, weights, eps, cutoff = inputs
+        structure = output[1]
+        ctx.mark_non_differentiable(structure)
+        ctx.save_for_backward(x, means, cov, weights, structure)
+        ctx.eps, ctx.cutoff = eps, cutoff
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_structure):
+        x, means, cov, weights, structure = ctx.saved_tensors
+        mask = list(ctx.needs_input_grad[:4])
+        with _IN_RULE:
+            if torch.is_grad_enabled() and not _is_factor(cov):
+                grads = _backward_differentiable(grad_out, x, means, cov, weights, ctx.eps,
+                                                 ctx.cutoff, mask)
+            elif torch.is_grad_enabled():
+                grads = torch.ops.gaussfield.gaussian_field_backward(
+                    grad_out, x, means, cov, weights, ctx.eps, ctx.cutoff, mask)
+            else:
+                grads = torch.ops.gaussfield._gaussian_field_culled_backward(
+                    grad_out, x, means, cov, weights, ctx.eps, ctx.cutoff, structure, mask)
+        return (*grads, None, None)
+
+
+_CULLED_DTYPES = (torch.float32, torch.float64)
+
+
+def _takes_culled_pair(x, means, cov, weights, cutoff):
+    """Whether gaussian_field's first-order node is the culled pair's: a cutoff, and the
+    inputs of one of the dtypes the ops compute in (low-precision inputs take the
+    promoting public ops)."""
+    return cutoff is not None and x.dtype in _CULLED_DTYPES and all(
+        t.dtype == x.dtype for t in (means, cov, weights))
+
+
 def _backward_differentiable(grad_out, x, means, cov, weights, eps, cutoff, mask):
     """The backward op's result for cov parameters, as a differentiable function of all
     five tensors: the backward op at the whitening factor (whose derivative is the
@@ -310,10 +440,13 @@ def _field_autograd(x, means, cov, weights, eps=DEFAULT_EPS, cutoff=None):
         # host, measured at B = 500, N = 1000)
         return _below_autograd(torch.ops.gaussfield.gaussian_field.default, x, means, cov,
                                weights, eps, cutoff)
-    if (functorch or _forward_mode((x, means, cov, weights))) and not _is_factor(cov):
+    forward_mode = _forward_mode((x, means, cov, weights))
+    if (functorch or forward_mode) and not _is_factor(cov):
         # forward mode and torch.func: the front-end in PyTorch, the op on the factor
         return torch.ops.gaussfield.gaussian_field(
             x, means, _whitened(x, means, cov, weights, eps), weights, eps, cutoff)
+    if not functorch and not forward_mode and _takes_culled_pair(x, means, cov, weights, cutoff):
+        return _CulledFieldFunction.apply(x, means, cov, weights, eps, cutoff)[0]
     return _apply(_FieldFunction, functorch, x, means, cov, weights, eps, cutoff)
 
 

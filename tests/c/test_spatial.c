@@ -101,7 +101,7 @@ static double min_q_box(double a[3][3], const double lo[3], const double hi[3]) 
             else d[i] = kind[i] == 1 ? lo[i] : hi[i];
         }
         if (nf > 0) {
-            double s[3][3], r[3], x[3];
+            double s[3][3], r[3], x[3] = {0, 0, 0};
             for (int p = 0; p < nf; ++p) {
                 r[p] = 0.0;
                 for (int q = 0; q < nf; ++q) s[p][q] = a[fr[p]][fr[q]];

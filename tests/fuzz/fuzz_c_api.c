@@ -21,14 +21,18 @@
  *     any directions (or NULL) and outputs, give the same bits for split ranges.
  */
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "gaussfield.h"
 
-#define REQUIRE(c)                 \
-    do {                           \
-        if (!(c)) __builtin_trap(); \
+#define REQUIRE(c)                                                              \
+    do {                                                                        \
+        if (!(c)) {                                                             \
+            fprintf(stderr, "fuzz_c_api.c:%d: REQUIRE(%s) failed\n", __LINE__, #c); \
+            __builtin_trap();                                                   \
+        }                                                                       \
     } while (0)
 
 typedef struct {
@@ -97,35 +101,61 @@ static gf_status run(gf_params *p, int64_t b_cut, int64_t n_cut) {
 static void run_culled(gf_params *p, bytes *in, size_t out_bytes, int64_t Bp, int64_t Cp) {
     static const double per_cell[4] = {0.5, 1.0, 3.0, 64.0};
     const uint64_t code = take(in, 2);
-    gf_cull_plan plan;
-    REQUIRE(gf_cpu_cull_plan(p, 0.0, &plan) == GF_ERR_BAD_SIZE);
-    REQUIRE(gf_cpu_cull_plan(p, per_cell[code % 4], &plan) == GF_OK);
-    REQUIRE(plan.num_cells >= 1 && plan.list_length >= 0 && plan.finite_points <= Bp);
-    const size_t wb = gf_cpu_cull_workspace_bytes(p, &plan);
-    unsigned char *ws = aligned_alloc(64, (wb + 63) / 64 * 64 + 64);
-    if (wb > 0) REQUIRE(gf_cpu_cull_build(p, &plan, ws, wb - 1) == GF_ERR_SMALL_WORKSPACE);
-    REQUIRE(gf_cpu_cull_build(p, &plan, ws, wb) == GF_OK);
+    gf_cull_config cfg = {per_cell[code % 4], 1, 0.0, 0, NULL};
+    const size_t sb = gf_cpu_cull_structure_bytes(p, &cfg);
+    unsigned char *sws = aligned_alloc(64, (sb + 63) / 64 * 64 + 64);
+    gf_cull_config bad = cfg;
+    bad.points_per_cell = 0.0;
+    REQUIRE(gf_cpu_cull_plan(p, &bad, sws, sb) == GF_ERR_BAD_SIZE);
+    if (sb > 0) REQUIRE(gf_cpu_cull_plan(p, &cfg, sws, sb - 1) == GF_ERR_SMALL_WORKSPACE);
+    REQUIRE(gf_cpu_cull_plan(p, &cfg, sws, sb) == GF_OK);
+    gf_cull_header h;
+    REQUIRE(gf_cpu_cull_header(sws, &h) == GF_OK);
+    REQUIRE(h.plan.num_cells >= 1 && h.plan.num_cells <= h.max_cells && h.plan.finite_points <= Bp);
+    const int64_t N = p->num_gaussians, cells = h.plan.num_cells;
+    const int64_t n_cut = N ? (int64_t)((code >> 8) % (uint64_t)(N + 1)) : 0;
+    /* counts in two ranges, summed; then the lists from two ranges' cursors */
+    int64_t *c0 = calloc((size_t)cells + 1, sizeof(int64_t)), *c1 = calloc((size_t)cells + 1, sizeof(int64_t));
+    REQUIRE(gf_cpu_cull_count(p, sws, -1, N, c0) == GF_ERR_BAD_SIZE);
+    REQUIRE(gf_cpu_cull_count(p, sws, 0, n_cut, c0) == GF_OK);
+    REQUIRE(gf_cpu_cull_count(p, sws, n_cut, N, c1) == GF_OK);
+    int64_t *total = calloc((size_t)cells + 1, sizeof(int64_t));
+    for (int64_t c = 0; c < cells; ++c) total[c] = c0[c] + c1[c];
+    REQUIRE(gf_cpu_cull_finish(p, &cfg, sws, total) == GF_OK);
+    REQUIRE(gf_cpu_cull_header(sws, &h) == GF_OK && h.culled && h.plan.list_length >= 0);
     double pairs = -1;
-    REQUIRE(gf_cpu_cull_pairs(p, &plan, ws, &pairs) == GF_OK && pairs >= 0);
+    REQUIRE(gf_cpu_cull_pairs(p, sws, &pairs) == GF_OK && pairs >= 0);
+    const size_t lb = gf_cpu_cull_lists_bytes(sws);
+    unsigned char *lists = malloc(lb + 4);
+    const int64_t *starts = gf_cpu_cull_list_starts(sws);
+    for (int64_t c = 0; c < cells; ++c) c1[c] = starts[c] + c0[c], c0[c] = starts[c];
+    REQUIRE(gf_cpu_cull_fill(p, sws, 0, n_cut, c0, lists, lb) == GF_OK);
+    REQUIRE(gf_cpu_cull_fill(p, sws, n_cut, N, c1, lists, lb) == GF_OK);
+    for (int64_t c = 0; c < cells; ++c) REQUIRE(c1[c] == starts[c + 1]);
     unsigned char *o = calloc(out_bytes + 1, 1);
     const size_t es = p->dtype == GF_FLOAT32 ? 4 : 8;
     /* the outputs that the dense run had, in a fresh buffer of the same layout */
     if (p->out) p->out = o;
     if (p->grad_x) p->grad_x = o + es * (size_t)(Bp * Cp);
-    const int64_t cells = plan.num_cells + 1;
-    const int64_t c_cut = (int64_t)((code >> 2) % (uint64_t)(cells + 1));
-    const int64_t N = p->num_gaussians;
-    const int64_t n_cut = N ? (int64_t)((code >> 8) % (uint64_t)(N + 1)) : 0;
-    REQUIRE(gf_cpu_culled_forward(p, &plan, ws, 0, cells + 1) == GF_ERR_BAD_SIZE);
-    REQUIRE(gf_cpu_culled_backward_gaussians(p, &plan, ws, -1, N) == GF_ERR_BAD_SIZE);
-    REQUIRE(gf_cpu_culled_forward(p, &plan, ws, 0, c_cut) == GF_OK);
-    REQUIRE(gf_cpu_culled_forward(p, &plan, ws, c_cut, cells) == GF_OK);
-    REQUIRE(gf_cpu_culled_backward_points(p, &plan, ws, 0, c_cut) == GF_OK);
-    REQUIRE(gf_cpu_culled_backward_points(p, &plan, ws, c_cut, cells) == GF_OK);
-    REQUIRE(gf_cpu_culled_backward_gaussians(p, &plan, ws, 0, n_cut) == GF_OK);
-    REQUIRE(gf_cpu_culled_backward_gaussians(p, &plan, ws, n_cut, N) == GF_OK);
+    const int64_t c_cut = (int64_t)((code >> 2) % (uint64_t)(cells + 2));
+    REQUIRE(gf_cpu_culled_forward(p, sws, lists, 0, cells + 2) == GF_ERR_BAD_SIZE || Bp == 0);
+    REQUIRE(gf_cpu_culled_backward_gaussians(p, sws, NULL, -1, N) == GF_ERR_BAD_SIZE);
+    REQUIRE(gf_cpu_culled_forward(p, sws, lists, 0, c_cut) == GF_OK);
+    REQUIRE(gf_cpu_culled_forward(p, sws, lists, c_cut, cells + 1) == GF_OK);
+    REQUIRE(gf_cpu_culled_backward_points(p, sws, lists, 0, c_cut) == GF_OK);
+    REQUIRE(gf_cpu_culled_backward_points(p, sws, lists, c_cut, cells + 1) == GF_OK);
+    const size_t wb = gf_cpu_cull_backward_bytes(p);
+    unsigned char *work = aligned_alloc(64, (wb + 63) / 64 * 64 + 64);
+    REQUIRE(gf_cpu_cull_backward_prepare(p, sws, work, wb) == GF_OK);
+    REQUIRE(gf_cpu_culled_backward_gaussians(p, sws, work, 0, n_cut) == GF_OK);
+    REQUIRE(gf_cpu_culled_backward_gaussians(p, sws, work, n_cut, N) == GF_OK);
     free(o);
-    free(ws);
+    free(work);
+    free(lists);
+    free(total);
+    free(c0);
+    free(c1);
+    free(sws);
 }
 
 /* The double backward's stages on a valid whitened problem whose records are computed:
