@@ -66,14 +66,17 @@ GF_HD void gf_grid_choose(const double lo[3], const double hi[3], int64_t num_po
     double target = (double)num_points / points_per_cell;
     if (target > (double)GF_CULL_MAX_CELLS) target = (double)GF_CULL_MAX_CELLS;
     if (!(target >= 1.0)) target = 1.0;
+    /* A side that gives one cell: 1.001 emax, or emax + DBL_MIN where emax is subnormal
+     * (there 1.001 emax rounds back to emax, and floor(emax / emax) + 1 is 2 cells). */
+    const double one_cell = fmax(emax * 1.001, emax + DBL_MIN);
     double h;
     if (!(emax > 0.0) || target < 2.0) {
         /* one cell (all points in one spot, or few points): its side covers everything */
-        h = emax > 0.0 ? emax * 1.001 : 1.0;
+        h = emax > 0.0 ? one_cell : 1.0;
     } else {
         /* cells(h) falls as h grows: bisect on a log scale between a side that gives
-         * too many cells (emax / MAX_DIM / 2) and one that gives one cell (1.001 emax) */
-        double a = emax / (2.0 * GF_CULL_MAX_DIM), b = emax * 1.001;
+         * too many cells (emax / MAX_DIM / 2) and one that gives one cell */
+        double a = emax / (2.0 * GF_CULL_MAX_DIM), b = one_cell;
         for (int it = 0; it < 60 && b > a * 1.001; ++it) {
             const double m = sqrt(a * b);
             const int64_t nx = gf_grid_cells_along(e[0], m), ny = gf_grid_cells_along(e[1], m),

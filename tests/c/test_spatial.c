@@ -282,7 +282,47 @@ static void check_exact(const gf_cull_plan *g, const shape *s, double k) {
             }
 }
 
+/* gf_grid_choose keeps its promises over any extents (subnormal, tiny, huge, mixed, one
+ * axis only): num_cells <= gf_grid_max_cells, dims in [1, MAX_DIM], and every point of the
+ * box has a cell index inside the grid before clamping (the fuzz target found 2x2x2 cells
+ * for 3 points at 0.5 per cell over a subnormal extent, where 1.001 emax == emax). */
+static void check_grid_choice(void) {
+    static const double scales[] = {4.9406564584124654e-324, 1e-320, 2.2250738585072014e-308,
+                                    1e-300, 1e-12, 1.0, 1e12, 1e300, 1.7e308};
+    const int ns = (int)(sizeof scales / sizeof scales[0]);
+    int64_t grids = 0;
+    for (int t = 0; t < 20000; ++t) {
+        double lo[3], hi[3];
+        for (int i = 0; i < 3; ++i) {
+            const double e = (t >> i) % 5 == 0 ? 0.0 : scales[(int)(uniform() * ns) % ns] * uniform();
+            lo[i] = (t % 3 == 0 ? 0.0 : 1e-3 * normal());
+            hi[i] = lo[i] + (t % 2 ? e : scales[t % ns]);
+            if (!(hi[i] >= lo[i]) || !isfinite(hi[i])) hi[i] = lo[i];
+        }
+        const int64_t pts = 1 + (int64_t)(uniform() * (t % 4 == 0 ? 10.0 : 1e7));
+        const double ppc = (t % 5 == 0 ? 0.5 : 1.0 + 300.0 * uniform());
+        gf_cull_plan g;
+        memset(&g, 0, sizeof g);
+        gf_grid_choose(lo, hi, pts, ppc, &g);
+        const int64_t cap = gf_grid_max_cells(pts, ppc);
+        CHECK(g.num_cells >= 1 && g.num_cells <= cap,
+              "grid of %lld cells for capacity %lld (points %lld, per cell %g, extents %g %g %g)",
+              (long long)g.num_cells, (long long)cap, (long long)pts, ppc, hi[0] - lo[0],
+              hi[1] - lo[1], hi[2] - lo[2]);
+        for (int i = 0; i < 3; ++i) {
+            CHECK(g.dims[i] >= 1 && g.dims[i] <= GF_CULL_MAX_DIM, "dims %lld", (long long)g.dims[i]);
+            const double top = gf_grid_axis_raw(&g, i, hi[i]);
+            CHECK(top >= 0.0 && top <= (double)(g.dims[i] - 1) + 1.0,
+                  "the box's top corner is cell %g of %lld along %d (extent %g, side %g)", top,
+                  (long long)g.dims[i], i, hi[i] - lo[i], g.cell_size);
+        }
+        ++grids;
+    }
+    printf("grid choice: %lld grids checked\n", (long long)grids);
+}
+
 int main(void) {
+    check_grid_choice();
     for (int t = 0; t < 600; ++t) {
         /* a grid as gf_grid_choose makes it, over a random box */
         gf_cull_plan g;
