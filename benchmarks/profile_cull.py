@@ -31,14 +31,24 @@ from gaussfield.notebook import FastLearnableGaussianField
 HERE = Path(__file__).resolve().parent
 
 CUTOFF, VOLUME = 6.0, 10.0
-CASES = {"big": (1_000_000, 100_000), "mid": (131_072, 30_000)}
+CASES = {"big": (1_000_000, 100_000), "mid": (131_072, 30_000),
+         # the culling issue's fields (bench_cull.py's), cutoff 3
+         "aniso": (2**20, 100_000), "sheets": (2**20, 100_000), "grid": (256**3, 100_000),
+         "tiny": (1_000_000, 10_000_000)}
+FIELD_CUTOFF = 3.0
 
 
 class Fused(FastLearnableGaussianField):
     forward = gaussfield.fused_forward
 
 
-def setup(B, N, device):
+def setup(B, N, device, name="big"):
+    if name in ("aniso", "sheets", "grid", "tiny"):
+        from bench_cull import FieldModel, field_kind_tensors
+        x, means, cov, w = field_kind_tensors(name, B, N, 0)
+        model = FieldModel(means, cov, w, FIELD_CUTOFF).to(device)
+        target = torch.rand(x.shape[0], generator=torch.Generator().manual_seed(1)).to(device)
+        return model, x.to(device), target
     torch.manual_seed(0)
     model = Fused(N).to(device)
     model.cutoff = CUTOFF
@@ -113,7 +123,7 @@ def main():
     result = {"env": env, "cases": {}}
     for name in args.cases.split(","):
         B, N = CASES[name]
-        model, x, target = setup(B, N, device)
+        model, x, target = setup(B, N, device, name)
         fns = calls(model, x, target)
         case = {"B": B, "N": N, "profile": {}, "per_cell": []}
         for kind, fn in fns.items():
@@ -123,14 +133,15 @@ def main():
             print(f"\n[{name}] B={B:,} N={N:,} {kind}: {wall:.3f} ms per call, kernels {total / 1e3:.3f} ms")
             for k, us, n in rows[:16]:
                 print(f"  {us:9.1f} us  x{n:4.1f}  {k}")
-        for ppc in [float(v) for v in args.per_cell.split(",")]:
+        for ppc in [float(v) for v in args.per_cell.split(",") if v and v != "none"]:
             os.environ["GAUSSFIELD_CULLING_POINTS_PER_CELL"] = str(ppc)
             try:
                 row = {"points_per_cell": ppc}
                 for kind, fn in fns.items():
                     row[kind + "_ms"] = median_ms(fn)
-                st = gaussfield.culling_stats(x, model.means, model.cov_tril.to(x.dtype), model.weights,
-                                              cutoff=CUTOFF, device_type="cuda")
+                cov = model.cov if hasattr(model, "cov") else model.cov_tril.to(x.dtype)
+                st = gaussfield.culling_stats(x, model.means, cov, model.weights,
+                                              cutoff=getattr(model, "cutoff", CUTOFF), device_type="cuda")
                 row["pairs_evaluated"] = st.get("pairs_evaluated")
                 row["cells"] = st.get("dims")
             finally:

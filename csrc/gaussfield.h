@@ -396,11 +396,12 @@ gf_status gf_cuda_culled_workspace_bytes(const gf_params *params, const gf_cull_
 
 /* Reads x, means, cov, weights, eps, cutoff; writes the structure: the records, the grid,
  * each Gaussian's cell count and offset in the lists, the path, the points sorted by
- * cell and the Gaussians' execution order (and *config->length_report).  The same
- * errors as gf_cpu_cull_plan. */
+ * cell and, for a backward (for_backward = 1), the Gaussians' execution order (and
+ * *config->length_report).  The same errors as gf_cpu_cull_plan. */
 gf_status gf_cuda_cull_build(const gf_params *params, const gf_cull_config *config,
-                             void *structure, size_t structure_bytes, void *workspace,
-                             size_t workspace_bytes, void *stream, int *cuda_error);
+                             int for_backward, void *structure, size_t structure_bytes,
+                             void *workspace, size_t workspace_bytes, void *stream,
+                             int *cuda_error);
 
 /* The forward of a built structure (same params): reads x, weights and the structure;
  * writes out. */

@@ -121,7 +121,7 @@ gf_status launch_cull_plan(const gf_params &p, const gf_cull_config &config,
                            cudaStream_t stream, int *cuda_error);
 
 /* cull_plan.cu: the Gaussians' counts of reached cells into counts[0, N), counts[N] = 0
- * (a warp a Gaussian, lanes over its rows). */
+ * (a thread a Gaussian). */
 gf_status launch_cull_counts(const gf_params &p, const StructureView &s, int64_t *counts,
                              cudaStream_t stream, int *cuda_error);
 

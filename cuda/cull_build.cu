@@ -70,7 +70,7 @@ __global__ void __launch_bounds__(kThreads)
     cells_kernel(const gf_cull_header *header, const uint32_t *sorted_cell, int64_t num_points,
                  int64_t max_cells, int64_t *cell_start, int64_t *chunk_count) {
     const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-    if (c > max_cells + 1 || !header->culled) return;
+    if (c > max_cells + 1) return; /* (also where dense: the scan reads what it writes) */
     const int64_t nc = header->plan.num_cells;
     if (c > nc + 1) {
         cell_start[c] = num_points;

@@ -9,8 +9,8 @@
  *                tree and writes one partial
  *   grid         one thread: the partials in block order, then gf_grid_choose, into the
  *                structure's header
- *   count        a warp per Gaussian: its box (lane 0), its rows' runs of reached cells
- *                (lanes over the rows, the exact row test), their sum
+ *   count        a thread per Gaussian: its box, its rows' runs of reached cells (the
+ *                exact row test), their sum
  *   scan         cub::DeviceScan of the counts: each Gaussian's offset in the lists
  *   finish       one thread: the lists' length, the path (culled, or dense where the
  *                pairs would not pay), the report
@@ -115,39 +115,25 @@ __global__ void grid_kernel(const BBox *partial, int num_partials, double points
     *header = h;
 }
 
-/* A warp per Gaussian n < N (and the warp of n = N writes the scan's final 0): the cells
- * it reaches, gf_cull_box_count's number, its rows solved by the lanes. */
+/* A thread per Gaussian n < N (and thread N writes the scan's final 0): the cells it
+ * reaches, gf_cull_box_count's number (its rows in turn; a warp a Gaussian with the rows
+ * on the lanes measured 13x slower on the H200 at B = 10^6, N = 10^5: lane 0's box in
+ * double while 31 lanes wait, and lanes idle past a box's rows). */
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     count_kernel(gf_params p, const gf_cull_header *header,
                  const typename Types<T>::rec *records, int64_t *counts) {
-    __shared__ gf_cull_box s_box[kThreads / kWarp];
-    const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
-    const int64_t n = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
+    const int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
     const int64_t N = p.num_gaussians;
-    if (n > N) return; /* whole warps */
+    if (n > N) return;
     if (n == N) {
-        if (lane == 0) counts[N] = 0;
+        counts[N] = 0;
         return;
     }
     const gf_cull_plan g = header->plan;
-    if (lane == 0) box_of<T>(g, p, n, load_record<T>(records + n), &s_box[warp]);
-    __syncwarp();
-    const gf_cull_box &b = s_box[warp];
-    if (!b.test) {
-        if (lane == 0) counts[n] = gf_cull_box_count(&g, &b);
-        return;
-    }
-    const int64_t rows = box_rows(b);
-    long long cells = 0;
-    for (int64_t r = lane; r < rows; r += kWarp) {
-        int64_t first, last;
-        box_row(g, b, r, &first, &last);
-        if (last >= first) cells += last - first + 1;
-    }
-#pragma unroll
-    for (int off = kWarp / 2; off > 0; off >>= 1) cells += __shfl_down_sync(0xffffffffu, cells, off);
-    if (lane == 0) counts[n] = cells;
+    gf_cull_box b;
+    box_of<T>(g, p, n, load_record<T>(records + n), &b);
+    counts[n] = gf_cull_box_count(&g, &b);
 }
 
 /* One thread: the lists' length, the pairs' estimate, the path (culled, or dense where
@@ -285,10 +271,10 @@ gf_status workspace_layout(const gf_params &p, const gf_cull_config &config, boo
 
 gf_status launch_cull_counts(const gf_params &p, const StructureView &s, int64_t *counts,
                              cudaStream_t stream, int *cuda_error) {
-    const int64_t warps = p.num_gaussians + 1, per_block = kThreads / kWarp;
-    if (!grid_fits(ceil_div(warps, per_block))) return GF_ERR_BAD_SIZE;
+    const int64_t threads = p.num_gaussians + 1;
+    if (!grid_fits(ceil_div(threads, kThreads))) return GF_ERR_BAD_SIZE;
     GF_DTYPE_SWITCH(p.dtype, T, [&] {
-        count_kernel<T><<<unsigned(ceil_div(warps, per_block)), kThreads, 0, stream>>>(
+        count_kernel<T><<<unsigned(ceil_div(threads, kThreads)), kThreads, 0, stream>>>(
             p, s.header, static_cast<const typename Types<T>::rec *>(s.records), counts);
     });
     GF_LAUNCH_CHECK(cuda_error);

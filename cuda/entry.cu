@@ -147,9 +147,9 @@ gf_status gf_cuda_culled_workspace_bytes(const gf_params *p, const gf_cull_confi
     return GF_OK;
 }
 
-gf_status gf_cuda_cull_build(const gf_params *p, const gf_cull_config *config, void *structure,
-                             size_t structure_bytes, void *workspace, size_t workspace_bytes,
-                             void *stream, int *cuda_error) {
+gf_status gf_cuda_cull_build(const gf_params *p, const gf_cull_config *config, int for_backward,
+                             void *structure, size_t structure_bytes, void *workspace,
+                             size_t workspace_bytes, void *stream, int *cuda_error) {
     gf_status st = gf_check_params(p);
     if (st != GF_OK) return st;
     if (!config) return GF_ERR_NULL_POINTER;
@@ -166,7 +166,7 @@ gf_status gf_cuda_cull_build(const gf_params *p, const gf_cull_config *config, v
     auto *ws = static_cast<unsigned char *>(workspace);
     auto s = static_cast<cudaStream_t>(stream);
     if ((st = launch_cull_plan(*p, *config, sv, l, ws, s, cuda_error)) != GF_OK) return st;
-    return launch_cull_points(*p, sv, l, ws, true, s, cuda_error);
+    return launch_cull_points(*p, sv, l, ws, for_backward != 0, s, cuda_error);
 }
 
 gf_status gf_cuda_culled_forward(const gf_params *p, const gf_cull_config *config,

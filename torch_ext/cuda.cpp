@@ -58,7 +58,7 @@ constexpr CullPolicy kCudaPolicy{128.0, double(1 << 26), 1.0 / 3.0};
 // The lists' length is known on the device only.  Each problem shape (device, B, N, C,
 // dtype) keeps a slot of mapped pinned host memory that every build of that shape writes
 // the length into (gf_cull_config.length_report); the next call sizes the lists from it
-// (1.25 times, within the budget) without waiting for anything.  The first call of a
+// (1.125 times, within the budget) without waiting for anything.  The first call of a
 // shape, eagerly, reads its plan's length once (a synchronisation); under CUDA graph
 // capture, with no length seen yet, it takes a default of 64 entries a Gaussian.  A
 // capacity that proves short only sends the Gaussians past it to the exact overflow path:
@@ -133,7 +133,7 @@ int64_t list_capacity(const gf_params& p, gf_cull_config c, int64_t structure_by
                       bool backward, std::optional<int64_t> exact, const LengthSlot& slot) {
   int64_t length = exact ? *exact : -1;
   if (!exact && slot.host) length = *static_cast<volatile int64_t*>(slot.host);
-  int64_t cap = length >= 0 ? length + length / 4 + 1024
+  int64_t cap = length >= 0 ? length + length / 8 + 1024
                             : 64 * p.num_gaussians + 1024;  // nothing seen: a default
   c.list_capacity = 0;
   size_t rest = 0;
@@ -151,20 +151,24 @@ int64_t list_capacity(const gf_params& p, gf_cull_config c, int64_t structure_by
 // pairs pay is then the device's decision, in the structure).
 bool plans(const gf_params& p, Culling mode) { return should_plan(p, mode, kCudaPolicy); }
 
-// Builds p's structure (allocated here) on the current stream; c's capacity set for a
-// following forward.
-at::Tensor build(const gf_params& p, gf_cull_config& c, const at::Tensor& like) {
+// Builds p's structure (allocated here: zeros where it is an op's output, so that every
+// byte of it is a function of the inputs) on the current stream, with the Gaussians'
+// execution order where a backward will read it; c's capacity set for a following
+// forward.
+at::Tensor build(const gf_params& p, gf_cull_config& c, const at::Tensor& like,
+                 bool for_backward, bool as_output) {
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   const LengthSlot slot = length_slot(p, like.get_device());
   c.length_report = slot.device;
   const int64_t sbytes = structure_bytes_cuda(p, c);
-  at::Tensor structure = at::zeros({sbytes}, like.options().dtype(at::kByte));
+  at::Tensor structure = as_output ? at::zeros({sbytes}, like.options().dtype(at::kByte))
+                                   : at::empty({sbytes}, like.options().dtype(at::kByte));
   c.list_capacity = 0;
   size_t wbytes = 0;
   at::Tensor ws = culled_workspace(p, c, false, like, &wbytes);
   int cuda_error = 0;
-  check_cuda(gf_cuda_cull_build(&p, &c, structure.data_ptr(), sbytes, ws.data_ptr(), wbytes, stream,
-                                &cuda_error),
+  check_cuda(gf_cuda_cull_build(&p, &c, for_backward ? 1 : 0, structure.data_ptr(), sbytes,
+                                ws.data_ptr(), wbytes, stream, &cuda_error),
              cuda_error, "culling build");
   std::optional<int64_t> exact;
   const bool seen = slot.host && *static_cast<volatile int64_t*>(slot.host) >= 0;
@@ -233,7 +237,7 @@ at::Tensor gaussian_field_cuda(const at::Tensor& x, const at::Tensor& means,
   const Culling mode = culling_mode();
   if (plans(p, mode)) {
     gf_cull_config c = cuda_config(mode);
-    const at::Tensor structure = build(p, c, x);
+    const at::Tensor structure = build(p, c, x, false, false);
     culled_forward(p, c, structure, x);
     return out;
   }
@@ -262,7 +266,7 @@ std::tuple<at::Tensor, at::Tensor> gaussian_field_culled_cuda(
   const c10::cuda::CUDAGuard guard(x.device());
   p.out = out.data_ptr();
   gf_cull_config c = cuda_config(mode);
-  at::Tensor structure = build(p, c, x);
+  at::Tensor structure = build(p, c, x, true, true);
   culled_forward(p, c, structure, x);
   return {out, structure};
 }
@@ -283,7 +287,7 @@ BackwardResult gaussian_field_backward_cuda(const at::Tensor& grad_out, const at
     // the build reads no grad_out: the structure is the forward's for the same inputs
     gf_params q = p;
     q.grad_out = nullptr;
-    const at::Tensor structure = build(q, c, x);
+    const at::Tensor structure = build(q, c, x, true, false);
     culled_backward(p, c, structure, x);
     return bp.result();
   }
