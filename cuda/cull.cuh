@@ -32,9 +32,9 @@
 
 namespace gf_cuda {
 
-constexpr int kChunkWarps = 4;
-constexpr int kChunkThreads = kChunkWarps * kWarp; /* threads of a culled points block */
-constexpr int kChunk = 2 * kChunkThreads;  /* its points at most: two slots a thread */
+/* Points of a culled points block at most (8 groups of 32): 1 warp of 8 slots a thread
+ * or 4 warps of 2 (culled_points.cu). */
+constexpr int kChunk = 256;
 constexpr int kThreads = 256;              /* threads of the one-per-item kernels */
 constexpr int kMaxBBoxBlocks = 128;        /* the bbox's partials, merged in one thread */
 

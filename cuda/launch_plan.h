@@ -18,7 +18,8 @@ constexpr int kMaxWarps = 8; /* warps a dense block has at most */
  * give the same plan, so the workspace size and the summation order are reproducible.
  * GAUSSFIELD_CUDA_CONFIG ("points_r=8,points_warps=8,gauss_k=2,gauss_warps=8,chunks=4,
  * channel_block=8", any subset) overrides the heuristic; the benchmark uses it to sweep
- * configurations.
+ * configurations.  Its key cull_warps (1 or 4) sets the culled points kernel's block
+ * shape instead (culled_points.cu, points_warps).
  *
  * Channels (C > 1).  CB = 4 for C <= 4 (with 8, half of every block would be padding),
  * else 8: one exponential per 8 channels.  Register blocking shrinks as CB grows, so

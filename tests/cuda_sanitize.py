@@ -56,6 +56,12 @@ for B, N in [(37, 45), (301, 130), (3000, 700)]:
         for dtype in (torch.float32, torch.float64):
             for channels, cutoff in [(0, 2.5), (3, 3.0), (11, 2.0)]:
                 check(B, N, mode, dtype, channels, cutoff)
+# the points kernel in blocks of one warp (eight slots a thread), as large problems take it
+os.environ["GAUSSFIELD_CUDA_CONFIG"] = "cull_warps=1"
+for B, N in [(37, 45), (3000, 700)]:
+    for dtype in (torch.float32, torch.float64):
+        check(B, N, "full", dtype, 0, 2.5)
+os.environ["GAUSSFIELD_CUDA_CONFIG"] = ""
 del os.environ["GAUSSFIELD_CULLING"]
 
 

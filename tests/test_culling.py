@@ -428,3 +428,25 @@ def test_cuda_graph_capture(monkeypatch, culling):
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(out, eager)
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("per_cell", ["20", "128", "700"])
+def test_points_block_shape_does_not_change_bits_cuda(monkeypatch, dtype, per_cell):
+    """The culled points kernel in blocks of one warp (eight slots a thread) and of four
+    warps (two): every point adds its cell's records in list order either way, so the
+    forward and the gradient to the points are the same bits (and the Gaussians' gradients
+    too); cells of under 32, of 32 to 256 (1 to 8 slots) and of several chunks."""
+    monkeypatch.setenv("GAUSSFIELD_CULLING_POINTS_PER_CELL", per_cell)
+    x, means, cov, w = make_inputs(5000, 300, "full", dtype, "cuda", seed=5)
+    grad_out = grad_out_like(x.shape[0], None, dtype, "cuda")
+    got = {}
+    for warps in ("1", "4"):
+        monkeypatch.setenv("GAUSSFIELD_CUDA_CONFIG", f"cull_warps={warps}")
+        got[warps] = run("always", monkeypatch, fr.ours, x, means, cov, w, grad_out, cutoff=3.0)
+    monkeypatch.delenv("GAUSSFIELD_CUDA_CONFIG")
+    for name, a, b in zip(fr.NAMES, got["1"], got["4"]):
+        assert torch.equal(a, b), f"{name}: one warp and four warps differ"
+    dense = run("never", monkeypatch, fr.ours, x, means, cov, w, grad_out, cutoff=3.0)
+    assert_same_field(got["1"], dense, RTOL[dtype], f"per_cell={per_cell}")
