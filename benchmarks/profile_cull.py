@@ -34,7 +34,9 @@ CUTOFF, VOLUME = 6.0, 10.0
 CASES = {"big": (1_000_000, 100_000), "mid": (131_072, 30_000),
          # the culling issue's fields (bench_cull.py's), cutoff 3
          "aniso": (2**20, 100_000), "sheets": (2**20, 100_000), "grid": (256**3, 100_000),
-         "tiny": (1_000_000, 10_000_000)}
+         "tiny": (1_000_000, 10_000_000),
+         # the training example's field (benchmarks/results/trained-field.pt), cutoff 6
+         "trained": (2**18, 100_000)}
 FIELD_CUTOFF = 3.0
 
 
@@ -43,6 +45,15 @@ class Fused(FastLearnableGaussianField):
 
 
 def setup(B, N, device, name="big"):
+    if name == "trained":
+        state = torch.load(HERE / "results" / "trained-field.pt", map_location="cpu")
+        model = Fused(state["means"].shape[0]).to(device)
+        model.load_state_dict(state)
+        model.cutoff = CUTOFF
+        g = torch.Generator().manual_seed(1)  # bench_cull's points (seed 0 + 1)
+        x = (torch.rand(B, 3, generator=g) * VOLUME).to(device)
+        target = torch.rand(B, generator=g).to(device)
+        return model, x, target
     if name in ("aniso", "sheets", "grid", "tiny"):
         from bench_cull import FieldModel, field_kind_tensors
         x, means, cov, w = field_kind_tensors(name, B, N, 0)

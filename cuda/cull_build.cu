@@ -17,7 +17,8 @@
  *   gauss_order  the Gaussians sorted by the cell of their mean: an execution order that
  *                puts Gaussians sharing cells in one block (results do not depend on it)
  *   fit          one thread: the Gaussians whose entries fit the call's capacity
- *   fill         one warp per Gaussian n < fitted: its reached cells in z, y, x order
+ *   fill         a thread per Gaussian n < fitted (its warp for one of many cells): its
+ *                reached cells in z, y, x order
  *                (lanes solve 32 rows at a time, a warp scan places them), written as
  *                (cell, n) at its offset, so the entries are in Gaussian order; the rest
  *                of the capacity is padded with a key past every cell; a stable radix
@@ -113,40 +114,72 @@ __global__ void __launch_bounds__(kThreads)
     iota[n] = int32_t(n);
 }
 
-/* Warp per Gaussian n < fitted: its reached cells (z, y, x order, as the count counted
- * them) as (cell, n) at [offsets[n], offsets[n + 1]).  Lanes take 32 rows of the box at a
- * time: each solves its row's run, a warp scan of the runs' lengths places them. */
+/* Thread per Gaussian n < fitted: its reached cells (z, y, x order, as the count counted
+ * them) as (cell, n) at [offsets[n], offsets[n + 1]).  A thread writes its own entries
+ * where they are at most kFillByThread; a Gaussian of more is filled by its whole warp
+ * after the small ones: lanes take 32 rows of the box at a time, each solves its row's
+ * run, a warp scan of the runs' lengths places them.  Either way the same entries in the
+ * same order. */
+constexpr int64_t kFillByThread = 64;
+
 template <typename T>
-__global__ void __launch_bounds__(kThreads, 4) /* latency-bound: warps in flight */
+__global__ void __launch_bounds__(kThreads, 2) /* 128 registers: the box's constants */
     fill_kernel(gf_params p, const gf_cull_header *header, const typename Types<T>::rec *records,
                 const int64_t *offsets, const int64_t *fitted, uint32_t *keys, int32_t *entries) {
     __shared__ gf_cull_box s_box[kThreads / kWarp];
     const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
-    const int64_t n = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
-    if (!header->culled || n >= *fitted) return; /* whole warps */
+    const int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    const int64_t F = *fitted;
+    if (!header->culled || int64_t(blockIdx.x) * blockDim.x + int64_t(warp) * kWarp >= F)
+        return; /* whole warps */
+    const bool valid = n < F;
     const gf_cull_plan g = header->plan;
-    if (lane == 0) box_of<T>(g, p, n, load_record<T>(records + n), &s_box[warp]);
-    __syncwarp();
-    const gf_cull_box &b = s_box[warp];
-    const int64_t base = offsets[n], cap = offsets[n + 1] - base, rows = box_rows(b);
-    int64_t written = 0;
-    for (int64_t r0 = 0; r0 < rows && written < cap; r0 += kWarp) {
-        const int64_t r = r0 + lane;
-        int64_t first = 1, last = 0;
-        if (r < rows) box_row(g, b, r, &first, &last);
-        const int64_t count = last >= first ? last - first + 1 : 0;
-        int64_t incl = count; /* inclusive scan over the lanes */
+    gf_cull_box b;
+    int64_t base = 0, cap = 0;
+    if (valid) {
+        box_of<T>(g, p, n, load_record<T>(records + n), &b);
+        base = offsets[n];
+        cap = offsets[n + 1] - base;
+    }
+    const bool together = valid && cap > kFillByThread;
+    if (valid && !together && cap > 0) {
+        int64_t at = 0;
+        gf_cull_rows it;
+        gf_cull_rows_begin(&b, &it);
+        for (int64_t first, last; at < cap && gf_cull_rows_next(&g, &b, &it, &first, &last);)
+            for (int64_t c = first; c <= last && at < cap; ++c, ++at) {
+                keys[base + at] = uint32_t(c);
+                entries[base + at] = int32_t(n);
+            }
+    }
+    for (unsigned todo = __ballot_sync(0xffffffffu, together); todo; todo &= todo - 1) {
+        const int src = __ffs(todo) - 1;
+        if (lane == src) s_box[warp] = b;
+        __syncwarp();
+        const gf_cull_box &sb = s_box[warp];
+        const int64_t gn = __shfl_sync(0xffffffffu, n, src);
+        const int64_t gbase = __shfl_sync(0xffffffffu, base, src);
+        const int64_t gcap = __shfl_sync(0xffffffffu, cap, src), rows = box_rows(sb);
+        int64_t written = 0;
+        for (int64_t r0 = 0; r0 < rows && written < gcap; r0 += kWarp) {
+            const int64_t r = r0 + lane;
+            int64_t first = 1, last = 0;
+            if (r < rows) box_row(g, sb, r, &first, &last);
+            const int64_t count = last >= first ? last - first + 1 : 0;
+            int64_t incl = count; /* inclusive scan over the lanes */
 #pragma unroll
-        for (int off = 1; off < kWarp; off <<= 1) {
-            const int64_t v = __shfl_up_sync(0xffffffffu, incl, off);
-            if (lane >= off) incl += v;
+            for (int off = 1; off < kWarp; off <<= 1) {
+                const int64_t v = __shfl_up_sync(0xffffffffu, incl, off);
+                if (lane >= off) incl += v;
+            }
+            const int64_t at = written + incl - count;
+            for (int64_t q = 0; q < count && at + q < gcap; ++q) {
+                keys[gbase + at + q] = uint32_t(first + q);
+                entries[gbase + at + q] = int32_t(gn);
+            }
+            written += __shfl_sync(0xffffffffu, incl, kWarp - 1);
         }
-        const int64_t at = written + incl - count;
-        for (int64_t q = 0; q < count && at + q < cap; ++q) {
-            keys[base + at + q] = uint32_t(first + q);
-            entries[base + at + q] = int32_t(n);
-        }
-        written += __shfl_sync(0xffffffffu, incl, kWarp - 1);
+        __syncwarp();
     }
 }
 
@@ -267,8 +300,7 @@ gf_status launch_cull_lists(const gf_params &p, const StructureView &s, const Wo
                                      reinterpret_cast<uint32_t *>(ws + l.list_key[1]));
     cub::DoubleBuffer<int32_t> entries(reinterpret_cast<int32_t *>(ws + l.list_entry[0]),
                                        reinterpret_cast<int32_t *>(ws + l.list_entry[1]));
-    const int64_t per_block = kThreads / kWarp;
-    if (!grid_fits(ceil_div(N, per_block)) || !grid_fits(ceil_div(s.max_cells + 1, kThreads)))
+    if (!grid_fits(ceil_div(N, kThreads)) || !grid_fits(ceil_div(s.max_cells + 1, kThreads)))
         return GF_ERR_BAD_SIZE;
     auto *fitted = reinterpret_cast<int64_t *>(ws + l.fitted);
     fit_kernel<<<1, 1, 0, stream>>>(s.offsets, N, cap, fitted);
@@ -277,7 +309,7 @@ gf_status launch_cull_lists(const gf_params &p, const StructureView &s, const Wo
     if (cap > 0) {
         if (N > 0) {
             GF_DTYPE_SWITCH(p.dtype, T, [&] {
-                fill_kernel<T><<<unsigned(ceil_div(N, per_block)), kThreads, 0, stream>>>(
+                fill_kernel<T><<<unsigned(ceil_div(N, kThreads)), kThreads, 0, stream>>>(
                     p, s.header, static_cast<const typename Types<T>::rec *>(s.records), s.offsets,
                     fitted, keys.Current(), entries.Current());
             });

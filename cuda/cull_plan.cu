@@ -116,24 +116,50 @@ __global__ void grid_kernel(const BBox *partial, int num_partials, double points
 }
 
 /* A thread per Gaussian n < N (and thread N writes the scan's final 0): the cells it
- * reaches, gf_cull_box_count's number (its rows in turn; a warp a Gaussian with the rows
- * on the lanes measured 13x slower on the H200 at B = 10^6, N = 10^5: lane 0's box in
- * double while 31 lanes wait, and lanes idle past a box's rows). */
+ * reaches, gf_cull_box_count's number.  A thread walks its own box's rows; a box of more
+ * than 32 rows (the test applied) is counted by the whole warp, a row a lane, after the
+ * small ones, so that one large Gaussian does not hold its warp for a row at a time.
+ * (A warp a Gaussian for every box measured 13x slower on the H200 at B = 10^6,
+ * N = 10^5: lane 0's box in double while 31 lanes wait, and lanes idle past a box's
+ * rows.) */
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     count_kernel(gf_params p, const gf_cull_header *header,
                  const typename Types<T>::rec *records, int64_t *counts) {
+    __shared__ gf_cull_box s_box[kThreads / kWarp];
+    const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
     const int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
     const int64_t N = p.num_gaussians;
-    if (n > N) return;
-    if (n == N) {
-        counts[N] = 0;
-        return;
-    }
+    if (int64_t(blockIdx.x) * blockDim.x + int64_t(warp) * kWarp > N) return; /* whole warps */
+    if (n == N) counts[N] = 0;
+    const bool valid = n < N;
     const gf_cull_plan g = header->plan;
     gf_cull_box b;
-    box_of<T>(g, p, n, load_record<T>(records + n), &b);
-    counts[n] = gf_cull_box_count(&g, &b);
+    int64_t mine = 0;
+    bool together = false;
+    if (valid) {
+        box_of<T>(g, p, n, load_record<T>(records + n), &b);
+        together = b.test && box_rows(b) > kWarp;
+        if (!together) mine = gf_cull_box_count(&g, &b);
+    }
+    for (unsigned todo = __ballot_sync(0xffffffffu, together); todo; todo &= todo - 1) {
+        const int src = __ffs(todo) - 1;
+        if (lane == src) s_box[warp] = b;
+        __syncwarp();
+        const gf_cull_box &sb = s_box[warp];
+        const int64_t rows = box_rows(sb);
+        long long total = 0;
+        for (int64_t r = lane; r < rows; r += kWarp) {
+            int64_t first, last;
+            box_row(g, sb, r, &first, &last);
+            if (last >= first) total += last - first + 1;
+        }
+#pragma unroll
+        for (int off = kWarp / 2; off > 0; off >>= 1) total += __shfl_xor_sync(0xffffffffu, total, off);
+        if (lane == src) mine = int64_t(total);
+        __syncwarp();
+    }
+    if (valid) counts[n] = mine;
 }
 
 /* One thread: the lists' length, the pairs' estimate, the path (culled, or dense where
