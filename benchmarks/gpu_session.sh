@@ -41,6 +41,8 @@
 #           call as .gpubuild/ (see prebuilt) instead of building again
 # prebuilt  use .gpubuild/gaussfield (carried) instead of building: PYTHONPATH
 # dist      benchmarks/bench_distributed.py over every GPU seen (DIST_ARGS for more)
+# docsblocks every Python code block of the README and docs/ (tests/test_docs_blocks.py),
+#           the ones marked `<!-- docs-block: gpu -->` included
 # bitwise   a reshaping's check against the code before it (.bench_old/, carried: a
 #           source tree of the earlier commit): both built for sm_90, every op's outputs
 #           compared bit for bit (benchmarks/bitwise.py), the dense pair rates of both
@@ -212,6 +214,10 @@ PY
   profile)
     stage profile
     run python3 benchmarks/profile_small.py
+    ;;
+  docsblocks)
+    stage docsblocks
+    run python3 -m pytest -q -p no:cacheprovider -rs tests/test_docs_blocks.py
     ;;
   cudatest)
     stage cudatest
