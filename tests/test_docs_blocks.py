@@ -213,32 +213,48 @@ def _run_processes_block(b: Block) -> dict:
     return {"status": "ran"}
 
 
+class Jobs:
+    """Page runs and processes blocks as futures, each started once: {page or block.where:
+    future}."""
+
+    def __init__(self, pool):
+        self.pool, self.started = pool, {}
+
+    def start(self, b: Block):
+        if "processes" in b.marks:
+            key, fn, arg = b.where, _run_processes_block, b
+        else:
+            key, fn, arg = b.page, _run_page, b.page
+        if key not in self.started:
+            self.started[key] = self.pool.submit(fn, arg)
+        return self.started[key]
+
+    def result(self, b: Block) -> dict:
+        result = self.start(b).result()
+        return result if "processes" in b.marks else result[b.line]
+
+
 @pytest.fixture(scope="module")
 def jobs(request):
-    """The selected blocks' pages and processes blocks, all started at once, as many at a
-    time as there are cores (most of a page's time is starting Python and importing
-    torch): {page or block: future}."""
-    selected = [item.callspec.params["block"] for item in request.session.items
-                if getattr(item, "callspec", None) and "block" in item.callspec.params
-                and item.module is sys.modules[__name__]]
-    started = {}
+    """Every selected page and processes block starts at once, as many at a time as there
+    are cores (most of a page's time is starting Python and importing torch).  Under
+    pytest-xdist, where each worker sees every item but runs a share of them, each starts
+    when its first block is reached instead."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1)) as pool:
-        for b in selected:
-            if "processes" in b.marks:
-                started[b.where] = pool.submit(_run_processes_block, b)
-            elif b.page not in started:
-                started[b.page] = pool.submit(_run_page, b.page)
-        yield started
+        j = Jobs(pool)
+        if "PYTEST_XDIST_WORKER" not in os.environ:
+            for item in request.session.items:
+                params = getattr(getattr(item, "callspec", None), "params", {})
+                if item.module is sys.modules[__name__] and "block" in params:
+                    j.start(params["block"])
+        yield j
 
 
 @pytest.mark.parametrize("block", ALL_BLOCKS, ids=[b.where for b in ALL_BLOCKS])
 def test_block_runs(block, jobs):
     if "processes" in block.marks and "gpu" in block.marks:
         raise ValueError(f"{block.where}: a processes block runs on CPUs (gloo); not gpu too")
-    if "processes" in block.marks:
-        result = jobs[block.where].result()
-    else:
-        result = jobs[block.page].result()[block.line]
+    result = jobs.result(block)
     if result["status"] == "skipped":
         pytest.skip(f"{block.where}: {result['reason']}")
     if result["status"] == "failed":
