@@ -1,13 +1,14 @@
 # The two commands of the README, and their parts.
 #   make bench   set up, build, train the example, benchmark against the notebook versions
 #   make test    set up, build, run every test (pytest, C unit tests plain and under
-#                ASan/UBSan, the LibTorch example, the C API's fuzz target)
+#                ASan/UBSan, the LibTorch example, the C API's fuzz target) and build the
+#                docs
 PYTHON ?= python3
 # (evaluated when used: setup may have just installed ninja)
 CTEST_FLAGS = $(if $(shell command -v ninja),-G Ninja,) -DGF_WITH_CUDA=OFF \
               -DPython3_EXECUTABLE=$(shell command -v $(PYTHON))
 
-.PHONY: setup install test pytest ctest fuzz bench clean
+.PHONY: setup install test pytest ctest fuzz docs bench clean
 
 setup:
 	PYTHON=$(PYTHON) ./scripts/setup.sh
@@ -44,7 +45,14 @@ fuzz: setup
 	cmake --build build/fuzz
 	ctest --test-dir build/fuzz --output-on-failure
 
-test: pytest ctest fuzz
+# The docs site (docs/: MyST pages, autodoc of the installed package) into build/docs,
+# warnings as errors; Sphinx and MyST are installed where they are missing.  -E: every
+# page is read again, so that a warning of an unchanged page is not skipped.
+docs: install
+	$(PYTHON) -c "import sphinx, myst_parser" >/dev/null 2>&1 || $(PYTHON) -m pip install -q sphinx myst-parser
+	$(PYTHON) -m sphinx -E -W --keep-going -b html docs build/docs
+
+test: pytest ctest fuzz docs
 
 bench: install
 	$(PYTHON) examples/train_end_to_end.py --out examples/results

@@ -5,7 +5,8 @@
 #   bash benchmarks/gpu_session.sh build test sanitize sass bench train sweep
 #
 # build     make install (pip drives CMake + nvcc)
-# test      make test: the README's test command (pytest with CUDA, ctest, sanitizers)
+# test      make test: the README's test command (pytest with CUDA, ctest, sanitizers, and
+#           the docs where Sphinx is installed)
 # sanitize  compute-sanitizer memcheck, racecheck and initcheck: launch configurations
 #           and the edge-case suites (tests/test_reliability.py, tests/test_properties.py)
 # sass      SASS of the kernels ($OUT/sass.txt) for reading off-line
@@ -41,6 +42,8 @@
 #           call as .gpubuild/ (see prebuilt) instead of building again
 # prebuilt  use .gpubuild/gaussfield (carried) instead of building: PYTHONPATH
 # dist      benchmarks/bench_distributed.py over every GPU seen (DIST_ARGS for more)
+# docsblocks every Python code block of the README and docs/ (tests/test_docs_blocks.py),
+#           the ones marked `<!-- docs-block: gpu -->` included
 # bitwise   a reshaping's check against the code before it (.bench_old/, carried: a
 #           source tree of the earlier commit): both built for sm_90, every op's outputs
 #           compared bit for bit (benchmarks/bitwise.py), the dense pair rates of both
@@ -147,8 +150,12 @@ PY
     ;;
   test)
     stage test
-    # the README's test command, as on any machine (pytest, C unit tests, sanitizers)
-    run make test FUZZ_SECONDS=10 > "$OUT/pytest.txt"
+    # the README's test command, as on any machine (pytest, C unit tests, sanitizers, the
+    # docs); the docs need Sphinx and MyST, which this offline machine may not have
+    targets=test
+    python3 -c "import sphinx, myst_parser" > /dev/null 2>&1 \
+      || { echo "no Sphinx/MyST here: make test without its docs target"; targets="pytest ctest fuzz"; }
+    run make $targets FUZZ_SECONDS=10 > "$OUT/pytest.txt"
     grep -E "passed|failed|error|tests passed|FAIL" "$OUT/pytest.txt" | tail -20; rm -f "$OUT/pytest.txt"
     ;;
   sanitize)
@@ -212,6 +219,10 @@ PY
   profile)
     stage profile
     run python3 benchmarks/profile_small.py
+    ;;
+  docsblocks)
+    stage docsblocks
+    run python3 -m pytest -q -p no:cacheprovider -rs tests/test_docs_blocks.py
     ;;
   cudatest)
     stage cudatest

@@ -1,6 +1,6 @@
 """Edge cases a training run can hit: numerical extremes, NaN and Inf, 64-bit sizes and
 strides, concurrent callers, hostile input.  Each gives the right numbers or a clear
-error (the promises are listed in the README's "What holds" table)."""
+error (the promises are listed in docs/guarantees.md)."""
 import math
 import threading
 

@@ -50,7 +50,7 @@ def whitening_factor(cov, eps=DEFAULT_EPS):
 
 
 def quaternion_rotation(q):
-    """R(q / max(|q|, 1e-12)) ``[N, 3, 3]`` of quaternions ``(w, x, y, z)`` ``[N, 4]``, as
+    """``R(q / max(|q|, 1e-12))`` ``[N, 3, 3]`` of quaternions ``(w, x, y, z)`` ``[N, 4]``, as
     the C front-end computes it (a zero quaternion gives the identity)."""
     n = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     w, x, y, z = n.unbind(-1)

@@ -53,7 +53,7 @@ def gaussian_field(
             to any gradient.  Per point and channel,
             ``|f_k(x) - f(x)| <= exp(-k^2/2) * sum_n |w_n|``; to keep the error below an
             absolute ``tol``, take ``k = sqrt(2 ln(sum_n |w_n| / tol))``.  The gradients'
-            errors are bounded in the README ("The cutoff").  Which pairs count is decided
+            errors are bounded in docs/cutoff-and-culling.md.  Which pairs count is decided
             by one test, the same in the forward and the backward on one device; pairs
             within float rounding of the boundary may be decided differently on the CPU
             and on CUDA.
@@ -63,7 +63,8 @@ def gaussian_field(
             follows the pairs that count instead of B x N.  The result is the same
             ``f_k`` (the same test decides every pair), summed in another order.  The op
             chooses the path itself; ``GAUSSFIELD_CULLING=always|never`` forces one, and
-            ``GAUSSFIELD_CULLING_BUDGET_MB`` caps the culling's memory (README, "Culling").
+            ``GAUSSFIELD_CULLING_BUDGET_MB`` caps the culling's memory
+            (docs/cutoff-and-culling.md).
 
     Returns:
         ``f(x)`` with shape ``x.shape[:-1]`` (``x.shape[:-1] + (C,)`` for weights
