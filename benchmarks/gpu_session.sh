@@ -4,7 +4,7 @@
 #
 #   bash benchmarks/gpu_session.sh build test sanitize sass bench train sweep
 #
-# build     make install (pip drives CMake + nvcc)
+# build     make install (pip drives CMake + nvcc), ptxas's per-kernel report in $OUT/ptxas.txt
 # test      make test: the README's test command (pytest with CUDA, ctest, sanitizers)
 # sanitize  compute-sanitizer memcheck, racecheck and initcheck: launch configurations
 #           and the edge-case suites (tests/test_reliability.py, tests/test_properties.py)
@@ -98,7 +98,9 @@ for s in $stages; do
     rm -rf build/cp3*  # a warm machine keeps it, compiler choices and all (build/ptx80 apart)
     # the machine has no network: setup's Python packages (plyfile) come as wheels in .whl/
     carried_wheels
-    run make install > "$OUT/build.log" || { tail -60 "$OUT/build.log"; exit 1; }
+    # ptxas's register and spill report of every kernel (GF_PTXAS_VERBOSE) in the log
+    CMAKE_ARGS="-DGF_PTXAS_VERBOSE=ON" run make install > "$OUT/build.log" || { tail -60 "$OUT/build.log"; exit 1; }
+    grep -h "ptxas info" "$OUT/build.log" > "$OUT/ptxas.txt" || true
     rm -f "$OUT/build.log"
     python3 -c "import torch, gaussfield; assert torch._C._dispatch_has_kernel_for_dispatch_key('gaussfield::gaussian_field', 'CUDA'), 'no CUDA kernels'; print('CUDA kernels registered')" || exit 1
     ;;
