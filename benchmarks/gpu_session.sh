@@ -102,7 +102,7 @@ for s in $stages; do
     CMAKE_ARGS="-DGF_PTXAS_VERBOSE=ON" run make install > "$OUT/build.log" || { tail -60 "$OUT/build.log"; exit 1; }
     grep -h "ptxas info" "$OUT/build.log" > "$OUT/ptxas.txt" || true
     rm -f "$OUT/build.log"
-    python3 -c "import torch, gaussfield; assert torch._C._dispatch_has_kernel_for_dispatch_key('gaussfield::gaussian_field', 'CUDA'), 'no CUDA kernels'; print('CUDA kernels registered')" || exit 1
+    python3 -c "import gaussfield; i = gaussfield.build_info(); assert i['cuda_kernels'], 'no CUDA kernels: ' + i['cuda_note']; print('CUDA kernels for', i['cuda_architectures'])" || exit 1
     ;;
   pkg)
     stage pkg
@@ -112,7 +112,7 @@ for s in $stages; do
   prebuilt)
     stage prebuilt
     export PYTHONPATH=$PWD/.gpubuild${PYTHONPATH:+:$PYTHONPATH}
-    python3 -c "import torch, gaussfield; print('from', gaussfield.__file__); assert torch._C._dispatch_has_kernel_for_dispatch_key('gaussfield::gaussian_field', 'CUDA'), 'no CUDA kernels'" || exit 1
+    python3 -c "import gaussfield; print('from', gaussfield.__file__); i = gaussfield.build_info(); assert i['cuda_kernels'], 'no CUDA kernels: ' + i['cuda_note']" || exit 1
     ;;
   dist)
     stage dist

@@ -5,7 +5,8 @@ import torch
 
 import gaussfield  # noqa: F401  (loads the ops)
 
-CUDA_KERNELS = torch._C._dispatch_has_kernel_for_dispatch_key("gaussfield::gaussian_field", "CUDA")
+# (from the build record, which says what the build did)
+CUDA_KERNELS = gaussfield.build_info()["cuda_kernels"]
 HAS_GPU = torch.cuda.is_available()
 CUDA_OK = HAS_GPU and CUDA_KERNELS
 

@@ -15,12 +15,14 @@ on CUDA GPUs, in memory that grows with B + N (never B x N).
   notebook's own classes as it prints them (the reference it is checked against).
 * :func:`gaussian_field_reference` - the closed form in plain PyTorch (materialises
   ``[..., N]``), for checking and comparison.
+* :func:`build_info` - how the compiled library was built (the torch it is tied to,
+  CUDA kernels or not).
 """
-from ._library import load_library as _load_library
+from ._library import build_info, load_library as _load_library
 
 # The ops first (the compiled library defines them), then their Python registrations
 # (fakes, Autograd kernels, vmap rules), once, before anything can call them.
-_load_library()
+_load_library(__path__)
 from . import autograd as _autograd  # noqa: E402, F401
 
 from ._common import DEFAULT_EPS  # noqa: E402
@@ -39,4 +41,5 @@ __all__ = [
     "fused_forward",
     "gaussian_field_reference",
     "inverse_covariance",
+    "build_info",
 ]
