@@ -13,9 +13,17 @@ CTEST_FLAGS = $(if $(shell command -v ninja),-G Ninja,) -DGF_WITH_CUDA=OFF \
 setup:
 	PYTHON=$(PYTHON) ./scripts/setup.sh
 
-# Builds the extension (CUDA kernels too where nvcc exists) against the installed torch.
+# Builds the extension against the installed torch (setup installed its dependencies).
+# GF_WITH_CUDA: AUTO builds the CUDA kernels where nvcc exists and torch has CUDA; the
+# test path asks for them wherever nvcc exists (ON), also with a CPU torch, so that a
+# compile error in cuda/ fails `make test` (CI).  `make install GF_WITH_CUDA=OFF` for none.
+# More CMake settings through CMAKE_ARGS (e.g. CMAKE_ARGS=-DGF_PTXAS_VERBOSE=ON).
+GF_WITH_CUDA ?= AUTO
+TEST_WITH_CUDA ?= $(if $(shell command -v nvcc),ON,AUTO)
+test pytest: GF_WITH_CUDA = $(TEST_WITH_CUDA)
+
 install: setup
-	$(PYTHON) -m pip install --no-build-isolation --no-deps .
+	$(PYTHON) -m pip install --no-build-isolation --no-deps -C cmake.define.GF_WITH_CUDA=$(GF_WITH_CUDA) .
 
 # in parallel where pytest-xdist is installed
 PYTEST_JOBS = $(shell $(PYTHON) -c "import xdist" >/dev/null 2>&1 && echo "-n 4")

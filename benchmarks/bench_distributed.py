@@ -226,8 +226,6 @@ def worker(args):
             results.append(rec)
     if rank == 0:
         Path(args.worker_out).write_text(json.dumps(results, indent=1))
-    dist.barrier()  # the ranks leave together (see examples/train_distributed.py)
-    dist.destroy_process_group()
 
 
 # ---- the driver ------------------------------------------------------------------------------
@@ -407,10 +405,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    rc = main()
-    if "--worker" in sys.argv:
-        # without the interpreter's finalization (see examples/train_distributed.py's leave)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(rc)
-    sys.exit(rc)
+    # a worker leaves through gaussfield.distributed.shutdown (a barrier, the group
+    # destroyed, no interpreter finalization, where torch 2.13's gloo threads can abort)
+    from gaussfield.distributed import shutdown
+
+    shutdown(main())

@@ -4,7 +4,7 @@
 #
 #   bash benchmarks/gpu_session.sh build test sanitize sass bench train sweep
 #
-# build     make install (pip drives CMake + nvcc)
+# build     make install (pip drives CMake + nvcc), ptxas's per-kernel report in $OUT/ptxas.txt
 # test      make test: the README's test command (pytest with CUDA, ctest, sanitizers, and
 #           the docs where Sphinx is installed)
 # sanitize  compute-sanitizer memcheck, racecheck and initcheck: launch configurations
@@ -101,9 +101,11 @@ for s in $stages; do
     rm -rf build/cp3*  # a warm machine keeps it, compiler choices and all (build/ptx80 apart)
     # the machine has no network: setup's Python packages (plyfile) come as wheels in .whl/
     carried_wheels
-    run make install > "$OUT/build.log" || { tail -60 "$OUT/build.log"; exit 1; }
+    # ptxas's register and spill report of every kernel (GF_PTXAS_VERBOSE) in the log
+    CMAKE_ARGS="-DGF_PTXAS_VERBOSE=ON" run make install > "$OUT/build.log" || { tail -60 "$OUT/build.log"; exit 1; }
+    grep -h "ptxas info" "$OUT/build.log" > "$OUT/ptxas.txt" || true
     rm -f "$OUT/build.log"
-    python3 -c "import torch, gaussfield; assert torch._C._dispatch_has_kernel_for_dispatch_key('gaussfield::gaussian_field', 'CUDA'), 'no CUDA kernels'; print('CUDA kernels registered')" || exit 1
+    python3 -c "import gaussfield; i = gaussfield.build_info(); assert i['cuda_kernels'], 'no CUDA kernels: ' + i['cuda_note']; print('CUDA kernels for', i['cuda_architectures'])" || exit 1
     ;;
   pkg)
     stage pkg
@@ -113,7 +115,7 @@ for s in $stages; do
   prebuilt)
     stage prebuilt
     export PYTHONPATH=$PWD/.gpubuild${PYTHONPATH:+:$PYTHONPATH}
-    python3 -c "import torch, gaussfield; print('from', gaussfield.__file__); assert torch._C._dispatch_has_kernel_for_dispatch_key('gaussfield::gaussian_field', 'CUDA'), 'no CUDA kernels'" || exit 1
+    python3 -c "import gaussfield; print('from', gaussfield.__file__); i = gaussfield.build_info(); assert i['cuda_kernels'], 'no CUDA kernels: ' + i['cuda_note']" || exit 1
     ;;
   dist)
     stage dist

@@ -38,7 +38,6 @@ import datetime as _dt
 import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -47,7 +46,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 import gaussfield
-from gaussfield.distributed import ShardedGaussianField
+from gaussfield.distributed import ShardedGaussianField, shutdown
 from gaussfield._devices import device_name
 from cli import cutoff_arg  # examples/cli.py, beside this script
 from phantom import grid_points, target_from_args  # examples/phantom.py, beside this script
@@ -243,27 +242,20 @@ def main(argv=None):
     # the notebook's class builds its tensors in the default dtype (as train_end_to_end.py)
     torch.set_default_dtype(getattr(torch, args.dtype))
     device = setup(args, rank, local_rank, world_size)
-    try:
-        target = target_from_args(args.target, VOLUME)
-        model = build_model(args, device, world_size)
-        if rank == 0:
-            backend = dist.get_backend() if world_size > 1 else "none (one process)"
-            split = (f"{args.batch} points a step split over {world_size} ranks, each the whole field"
-                     if args.mode == "ddp" else
-                     f"{args.gaussians} Gaussians split over {world_size} ranks, each all {args.batch} points")
-            print(f"{args.mode}: {world_size} rank(s) on {device_name(device)}, backend {backend}; {split}; "
-                  f"{args.steps} {args.optimizer} steps (lr {args.lr:g}), {args.dtype}, fitting the "
-                  f"{target.name}" + (f"; cutoff {args.cutoff:g}" if args.cutoff is not None else ""),
-                  flush=True)
-        losses, per_step = train(model, target, args, device, rank, world_size)
-        state = whole_state_dict(model, args)
-        rc = report(losses, per_step, state, target, args, device, world_size) if rank == 0 else 0
-        if world_size > 1:
-            dist.barrier()  # the ranks leave together (see leave())
-        return rc
-    finally:
-        if world_size > 1:
-            dist.destroy_process_group()
+    target = target_from_args(args.target, VOLUME)
+    model = build_model(args, device, world_size)
+    if rank == 0:
+        backend = dist.get_backend() if world_size > 1 else "none (one process)"
+        split = (f"{args.batch} points a step split over {world_size} ranks, each the whole field"
+                 if args.mode == "ddp" else
+                 f"{args.gaussians} Gaussians split over {world_size} ranks, each all {args.batch} points")
+        print(f"{args.mode}: {world_size} rank(s) on {device_name(device)}, backend {backend}; {split}; "
+              f"{args.steps} {args.optimizer} steps (lr {args.lr:g}), {args.dtype}, fitting the "
+              f"{target.name}" + (f"; cutoff {args.cutoff:g}" if args.cutoff is not None else ""),
+              flush=True)
+    losses, per_step = train(model, target, args, device, rank, world_size)
+    state = whole_state_dict(model, args)
+    return report(losses, per_step, state, target, args, device, world_size) if rank == 0 else 0
 
 
 def report(losses, per_step, state, target, args, device, world_size):
@@ -287,18 +279,8 @@ def report(losses, per_step, state, target, args, device, world_size):
     return 0 if all(math.isfinite(v) for v in losses) else 1
 
 
-def leave(rc):
-    """Exit with rc.  Under torchrun, without the interpreter's finalization: torch 2.13's
-    gloo worker threads can outlive destroy_process_group, and one that drops a finished
-    collective's tensors while the interpreter finalizes aborts the process (std::terminate
-    in the thread's forced unwind from take_gil; seen in CI about one run in ten under
-    load, after every file was written).  The run is over and its files are closed."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(rc)
-    sys.exit(rc)
-
-
 if __name__ == "__main__":
-    leave(main())
+    # every rank: a barrier, the process group destroyed, and an exit without the
+    # interpreter's finalization, where torch 2.13's gloo threads can abort a finished run
+    # (gaussfield.distributed.shutdown); an ordinary exit without a process group
+    shutdown(main())

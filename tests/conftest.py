@@ -5,7 +5,9 @@ import torch
 
 import gaussfield  # noqa: F401  (loads the ops)
 
-CUDA_KERNELS = torch._C._dispatch_has_kernel_for_dispatch_key("gaussfield::gaussian_field", "CUDA")
+# (not the dispatcher's table: a build without CUDA kernels registers CUDA kernels that
+# raise an error saying so, torch_ext/missing_kernels.cpp)
+CUDA_KERNELS = gaussfield.build_info()["cuda_kernels"]
 HAS_GPU = torch.cuda.is_available()
 CUDA_OK = HAS_GPU and CUDA_KERNELS
 

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 import gaussfield
 from gaussfield.distributed import (ShardedGaussianField, all_reduce_sum, gather_state_dict,
-                                    shard_bounds, shard_state_dict, sharded_gaussian_field)
+                                    shard_bounds, shard_state_dict, sharded_gaussian_field, shutdown)
 
 # the checks of several processes; those of one process run on any build
 needs_gloo = pytest.mark.skipif(
@@ -217,8 +217,6 @@ def _worker(out):
     res["ddp_grad"] = _grads(ddp.module)
 
     torch.save(res, Path(out) / f"rank{rank}.pt")
-    dist.barrier()  # the ranks leave together
-    dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")
@@ -382,8 +380,4 @@ def test_example_rejects_bad_arguments(capsys):
 
 if __name__ == "__main__":
     _worker(sys.argv[1])
-    # without the interpreter's finalization, as examples/train_distributed.py leaves
-    # (torch 2.13's gloo threads can outlive destroy_process_group and abort it)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    shutdown()  # the ranks leave together, as users' scripts do (gaussfield.distributed)

@@ -15,12 +15,20 @@ on CUDA GPUs, in memory that grows with B + N (never B x N).
   notebook's own classes as it prints them (the reference it is checked against).
 * :func:`gaussian_field_reference` - the closed form in plain PyTorch (materialises
   ``[..., N]``), for checking and comparison.
+* :func:`build_info` - how the compiled library was built (the torch it is tied to,
+  CUDA kernels or not).
+* :mod:`gaussfield.io` (3DGS scenes as PLY files; reading and writing them needs
+  plyfile, ``pip install gaussfield[io]``) and :mod:`gaussfield.distributed` (several
+  processes) are imported on first use: ``gaussfield.io.read_3dgs_ply(...)`` works after
+  ``import gaussfield``, which itself needs no plyfile.
 """
-from ._library import load_library as _load_library
+import importlib as _importlib
+
+from ._library import build_info, load_library as _load_library
 
 # The ops first (the compiled library defines them), then their Python registrations
 # (fakes, Autograd kernels, vmap rules), once, before anything can call them.
-_load_library()
+_load_library(__path__)
 from . import autograd as _autograd  # noqa: E402, F401
 
 from ._common import DEFAULT_EPS  # noqa: E402
@@ -39,4 +47,18 @@ __all__ = [
     "fused_forward",
     "gaussian_field_reference",
     "inverse_covariance",
+    "build_info",
 ]
+
+# submodules imported on first use (PEP 562), for what they import themselves
+_LAZY_SUBMODULES = ("io", "distributed")
+
+
+def __getattr__(name):
+    if name in _LAZY_SUBMODULES:
+        return _importlib.import_module(f".{name}", __name__)  # also sets the attribute
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES))

@@ -10,7 +10,9 @@ that is the ``[N, 7]`` parameterisation: ``cov = (rot_0..3, scale_0..2)``, ``Sig
 R(q/|q|) diag(e^{2 s}) R^T``, exactly 3DGS's ``R S S^T R^T``; and the density a scene's
 opacities describe is the field with ``weights = sigmoid(opacity)``.
 
-The file is parsed by plyfile (``pip install plyfile``), not by code of ours.
+The file is parsed by plyfile, not by code of ours: an optional dependency
+(``pip install gaussfield[io]``, or ``pip install plyfile``), imported by the functions
+that read or write a file, so that this module imports without it.
 """
 from typing import Optional, Tuple, Union
 
@@ -25,6 +27,16 @@ PLY_FIELDS = ("x", "y", "z", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", 
               "rot_3", "opacity")
 
 
+def _plyfile(function: str):
+    """The plyfile module, or an ImportError that says how to install it."""
+    try:
+        import plyfile
+    except ImportError as e:
+        raise ImportError(f"gaussfield.io.{function} needs plyfile, which is not installed: "
+                          "pip install gaussfield[io] (or pip install plyfile)") from e
+    return plyfile
+
+
 def read_3dgs_ply(path: Union[str, os.PathLike], *, device: Optional[Union[str, torch.device]] = None,
                   dtype: torch.dtype = torch.float32) -> Tuple[Tensor, Tensor, Tensor]:
     """``(means [N, 3], cov [N, 7], weights [N])`` of the 3DGS scene in the PLY at
@@ -33,11 +45,7 @@ def read_3dgs_ply(path: Union[str, os.PathLike], *, device: Optional[Union[str, 
 
     Raises ``ValueError`` naming the missing properties when the file is not a 3DGS
     scene, and ``ImportError`` when plyfile is not installed."""
-    try:
-        from plyfile import PlyData
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("gaussfield.io.read_3dgs_ply needs plyfile: pip install plyfile") from e
-    ply = PlyData.read(os.fspath(path))
+    ply = _plyfile("read_3dgs_ply").PlyData.read(os.fspath(path))
     if "vertex" not in ply:
         raise ValueError(f"{path}: no 'vertex' element; not a 3D Gaussian Splatting PLY")
     vertex = ply["vertex"]
@@ -58,7 +66,7 @@ def write_3dgs_ply(path: Union[str, os.PathLike], means: Tensor, cov: Tensor, op
     """Write Gaussians as a minimal 3DGS PLY (the fields read_3dgs_ply reads, colours
     zero): ``means [N, 3]``, ``cov [N, 7]`` (quaternion, log-scales), ``opacity [N]``
     logits.  For tests and examples that need a scene file."""
-    from plyfile import PlyData, PlyElement
+    plyfile = _plyfile("write_3dgs_ply")
     n = means.shape[0]
     cols = {"x": means[:, 0], "y": means[:, 1], "z": means[:, 2],
             **{f"rot_{i}": cov[:, i] for i in range(4)},
@@ -68,4 +76,4 @@ def write_3dgs_ply(path: Union[str, os.PathLike], means: Tensor, cov: Tensor, op
     data = np.zeros(n, dtype=[(f, "f4") for f in fields])
     for name, values in cols.items():
         data[name] = values.detach().cpu().numpy()
-    PlyData([PlyElement.describe(data, "vertex")]).write(os.fspath(path))
+    plyfile.PlyData([plyfile.PlyElement.describe(data, "vertex")]).write(os.fspath(path))
