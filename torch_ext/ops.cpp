@@ -43,8 +43,27 @@ void set_input(const at::Tensor& t, const void** data, int64_t stride[2]) {
 
 }  // namespace
 
-bool is_whitening_factor(const at::Tensor& cov) {
+bool is_matrix_shape(const at::Tensor& cov) {
   return cov.dim() == 3 && cov.size(1) == 3 && cov.size(2) == 3;
+}
+
+gf_cov_mode cov_mode_of(const at::Tensor& cov, bool whitened) {
+  if (whitened) {
+    TORCH_CHECK(is_matrix_shape(cov),
+                "with whitened=True, cov must be the whitening factor M [N, 3, 3] (lower "
+                "triangular, Sigma^-1 = M^T M), got ", cov.sizes());
+    return GF_COV_WHITENED;
+  }
+  TORCH_CHECK(!is_matrix_shape(cov),
+              "cov of shape [N, 3, 3] must be named: pass whitened=True for the whitening "
+              "factor M (lower triangular, Sigma^-1 = M^T M); a covariance matrix Sigma "
+              "[N, 3, 3] is not supported yet, got ", cov.sizes());
+  TORCH_CHECK(cov.dim() == 2 && (cov.size(1) == 6 || cov.size(1) == 3 || cov.size(1) == 7),
+              "cov must have shape [N, 6] (full covariance, cov_tril), [N, 3] (diagonal, "
+              "log_scales), [N, 7] (rotation quaternion and log-scales, as 3D Gaussian "
+              "Splatting), or [N, 3, 3] with whitened=True (the whitening factor M), got ",
+              cov.sizes());
+  return cov.size(1) == 6 ? GF_COV_FULL : cov.size(1) == 7 ? GF_COV_QUAT : GF_COV_DIAG;
 }
 
 std::optional<at::ScalarType> promoted_dtype(std::initializer_list<NamedTensor> inputs) {
@@ -69,7 +88,7 @@ at::DimVector output_shape(const at::Tensor& x, const at::Tensor& weights) {
 
 Problem make_problem(const at::Tensor& x, const at::Tensor& means, const at::Tensor& cov,
                      const at::Tensor& weights, double eps, std::optional<double> cutoff,
-                     const at::Tensor& grad_out) {
+                     bool whitened, const at::Tensor& grad_out) {
   TORCH_CHECK(x.defined() && means.defined() && cov.defined() && weights.defined(),
               "gaussfield: x, means, cov and weights must all be tensors");
   TORCH_CHECK(x.dim() >= 1 && x.size(-1) == 3, "x must have shape [..., 3], got ",
@@ -77,14 +96,7 @@ Problem make_problem(const at::Tensor& x, const at::Tensor& means, const at::Ten
   TORCH_CHECK(means.dim() == 2 && means.size(1) == 3, "means must have shape [N, 3], got ",
               means.sizes());
   const int64_t n = means.size(0);
-  const bool whitened = is_whitening_factor(cov);
-  TORCH_CHECK(whitened || (cov.dim() == 2 && (cov.size(1) == 6 || cov.size(1) == 3 ||
-                                                cov.size(1) == 7)),
-              "cov must have shape [N, 6] (full covariance, cov_tril), [N, 3] (diagonal, "
-              "log_scales), [N, 7] (rotation quaternion and log-scales, as 3D Gaussian "
-              "Splatting) or [N, 3, 3] (a whitening factor M, lower triangular, with "
-              "Sigma^-1 = M^T M), got ",
-              cov.sizes());
+  const gf_cov_mode mode = cov_mode_of(cov, whitened);
   TORCH_CHECK(cov.size(0) == n, "cov must have N = ", n, " rows as in means, got ",
               cov.sizes());
   TORCH_CHECK((weights.dim() == 1 || weights.dim() == 2) && weights.size(0) == n,
@@ -117,10 +129,7 @@ Problem make_problem(const at::Tensor& x, const at::Tensor& means, const at::Ten
   gf_params& p = prob.params;
   p = gf_params{};
   p.dtype = to_gf_dtype(x.scalar_type());
-  p.cov_mode = whitened            ? GF_COV_WHITENED
-               : cov.size(1) == 6  ? GF_COV_FULL
-               : cov.size(1) == 7  ? GF_COV_QUAT
-                                   : GF_COV_DIAG;
+  p.cov_mode = mode;
   p.eps = eps;
   p.cutoff = cutoff.has_value() ? *cutoff : 0.0;  // 0: no cutoff
   p.num_points = prob.x2d.size(0);
@@ -128,8 +137,8 @@ Problem make_problem(const at::Tensor& x, const at::Tensor& means, const at::Ten
   p.num_channels = channels;
   set_input(prob.x2d, &p.x, p.x_stride);
   set_input(means, &p.means, p.means_stride);
-  // a whitening factor [N, 3, 3] as rows of 9 (a view wherever one exists)
-  prob.cov2d = whitened ? cov.reshape({n, 9}) : cov;
+  // a 3x3 matrix per Gaussian as rows of 9 (a view wherever one exists)
+  prob.cov2d = cov.dim() == 3 ? cov.reshape({n, 9}) : cov;
   set_input(prob.cov2d, &p.cov, p.cov_stride);
   set_input(weights, &p.weights, p.weights_stride);
   if (grad_out.defined()) {
@@ -162,16 +171,17 @@ SecondProblem make_second_problem(const std::optional<at::Tensor>& grad_out, con
                                   const std::optional<at::Tensor>& dir_cov,
                                   const std::optional<at::Tensor>& dir_weights,
                                   std::array<bool, 5> output_mask) {
-  TORCH_CHECK(is_whitening_factor(cov),
+  TORCH_CHECK(is_matrix_shape(cov),
               "gaussian_field_double_backward: cov must be a whitening factor [N, 3, 3] (the "
-              "parameterisations' own derivatives are applied around the op), got ",
+              "op takes factors only; the parameterisations' own derivatives are applied "
+              "around it), got ",
               cov.sizes());
   const bool needs_grad_out =
       output_mask[1] || output_mask[2] || output_mask[3] || output_mask[4];
   TORCH_CHECK(grad_out.has_value() || !needs_grad_out,
               "gaussian_field_double_backward: grad_out is needed for the gradients of x, "
               "means, cov and weights");
-  Problem prob = make_problem(x, means, cov, weights, eps, cutoff,
+  Problem prob = make_problem(x, means, cov, weights, eps, cutoff, /*whitened=*/true,
                               grad_out.has_value() ? *grad_out : at::Tensor());
   gf_params& p = prob.params;
   auto check_dir = [&](const std::optional<at::Tensor>& d, const at::Tensor& like,
@@ -256,9 +266,10 @@ void set_grad_outputs(gf_params& p, const std::array<at::Tensor, 4>& grads) {
 BackwardProblem make_backward_problem(const at::Tensor& grad_out, const at::Tensor& x,
                                       const at::Tensor& means, const at::Tensor& cov,
                                       const at::Tensor& weights, double eps,
-                                      std::optional<double> cutoff,
+                                      std::optional<double> cutoff, bool whitened,
                                       std::array<bool, 4> output_mask) {
-  BackwardProblem b{make_problem(x, means, cov, weights, eps, cutoff, grad_out), {}, false};
+  BackwardProblem b{make_problem(x, means, cov, weights, eps, cutoff, whitened, grad_out), {},
+                    false};
   gf_params& p = b.prob.params;
   b.grads = allocate_grads(x, means, cov, weights, p, output_mask);
   set_grad_outputs(p, b.grads);
@@ -288,16 +299,22 @@ void check_status(gf_status status, const char* what) {
 #define GF_STR(x) GF_STR_(x)
 
 TORCH_LIBRARY(gaussfield, m) {
+  // What cov means is said by the schema, never by its shape alone: `whitened` (keyword
+  // only) names the whitening factor M [N, 3, 3]; without it cov is one of the
+  // parameterisations (csrc/gaussfield.h, gf_cov_mode).
   m.def(
       "gaussian_field(Tensor x, Tensor means, Tensor cov, Tensor weights, "
-      "float eps=" GF_STR(GF_DEFAULT_EPS) ", float? cutoff=None) -> Tensor");
+      "float eps=" GF_STR(GF_DEFAULT_EPS) ", float? cutoff=None, *, bool whitened=False) -> "
+      "Tensor");
   m.def(
       "gaussian_field_backward(Tensor grad_out, Tensor x, Tensor means, Tensor cov, "
-      "Tensor weights, float eps, float? cutoff, bool[4] output_mask) -> (Tensor, Tensor, "
-      "Tensor, Tensor)");
-  // The derivative of gaussian_field_backward (and, through its first output, forward
-  // mode): see csrc/gaussfield.h, "Second order".  cov is a whitening factor [N, 3, 3];
-  // a direction that is None counts as zero; outputs not in output_mask are None.
+      "Tensor weights, float eps, float? cutoff, bool[4] output_mask, *, "
+      "bool whitened=False) -> (Tensor, Tensor, Tensor, Tensor)");
+  // The derivative of gaussian_field_backward at a whitening factor (and, through its
+  // first output, forward mode): see csrc/gaussfield.h, "Second order".  It takes
+  // factors only: cov is always the whitening factor M [N, 3, 3] (what
+  // gaussian_field_backward takes with whitened=True), dir_cov a direction of it; a
+  // direction that is None counts as zero; outputs not in output_mask are None.
   m.def(
       "gaussian_field_double_backward(Tensor? grad_out, Tensor x, Tensor means, Tensor cov, "
       "Tensor weights, float eps, float? cutoff, Tensor? dir_x, Tensor? dir_means, "
@@ -310,14 +327,14 @@ TORCH_LIBRARY(gaussfield, m) {
   // API and direct calls keep planning their own.
   m.def(
       "_gaussian_field_culled(Tensor x, Tensor means, Tensor cov, Tensor weights, float eps, "
-      "float cutoff) -> (Tensor, Tensor)");
+      "float cutoff, *, bool whitened=False) -> (Tensor, Tensor)");
   m.def(
       "_gaussian_field_culled_backward(Tensor grad_out, Tensor x, Tensor means, Tensor cov, "
-      "Tensor weights, float eps, float cutoff, Tensor structure, bool[4] output_mask) -> "
-      "(Tensor, Tensor, Tensor, Tensor)");
+      "Tensor weights, float eps, float cutoff, Tensor structure, bool[4] output_mask, *, "
+      "bool whitened=False) -> (Tensor, Tensor, Tensor, Tensor)");
   // Benchmarks' view of the culling plan (CPU tensors; see cpu.cpp): not part of the
   // differentiable API.
   m.def(
       "_culling_stats(Tensor x, Tensor means, Tensor cov, Tensor weights, float eps, "
-      "float cutoff, float points_per_cell) -> float[]");
+      "float cutoff, float points_per_cell, *, bool whitened=False) -> float[]");
 }

@@ -17,10 +17,12 @@
 namespace {
 
 using ForwardFn = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                             const at::Tensor&, double, std::optional<double>);
+                             const at::Tensor&, double, std::optional<double>,
+                             bool /* whitened */);
 using BackwardFn = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-    const at::Tensor&, double, std::optional<double>, std::array<bool, 4>);
+    const at::Tensor&, double, std::optional<double>, std::array<bool, 4>,
+    bool /* whitened */);
 
 // f(x) in closed form, full covariance (cov_tril) parameterisation.
 at::Tensor closed_form(const at::Tensor& x, const at::Tensor& means, const at::Tensor& cov,
@@ -65,12 +67,12 @@ int main() {
   at::Tensor f;
   {
     torch::NoGradGuard no_grad;
-    f = forward.call(x, means, cov, weights, eps, std::nullopt);
+    f = forward.call(x, means, cov, weights, eps, std::nullopt, /*whitened=*/false);
   }
   auto ref = closed_form(x, means, cov, weights, eps);
   auto grad_out = torch::randn({B}, opts);
   auto grads = backward.call(grad_out, x, means.detach(), cov.detach(), weights.detach(), eps,
-                             std::nullopt, {false, true, true, true});
+                             std::nullopt, {false, true, true, true}, /*whitened=*/false);
   auto ref_grads = torch::autograd::grad({ref}, {means, cov, weights}, {grad_out});
 
   const double errs[4] = {rel_err(f, ref.detach()), rel_err(std::get<1>(grads), ref_grads[0]),

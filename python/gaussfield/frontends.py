@@ -11,10 +11,6 @@ import torch
 from ._common import DEFAULT_EPS
 from .reference import cholesky_factor
 
-def _is_factor(cov):
-    return cov.dim() == 3
-
-
 def _factor_dtype(cov, *others):
     """The dtype a whitening factor is handed to the ops in: cov's where it is float32 or
     float64, else (float16 / bfloat16) float64 beside a float64 input, float32 otherwise
@@ -24,16 +20,23 @@ def _factor_dtype(cov, *others):
     return torch.float64 if any(t.dtype == torch.float64 for t in others) else torch.float32
 
 
-def whitening_factor(cov, eps=DEFAULT_EPS):
+def whitening_factor(cov, eps=DEFAULT_EPS, *, whitened=False):
     """The whitening factor ``M`` (``[N, 3, 3]``, lower triangular, ``Sigma^-1 = M^T M``)
     of the op's covariance parameters, in plain PyTorch and in float64, differentiable to
     any order: ``cov_tril`` ``[N, 6]`` (``Sigma = L L^T + eps I``, ``M = chol(Sigma)^-1``),
     ``log_scales`` ``[N, 3]`` (``M = diag(e^-s)``) or the 3DGS form ``[N, 7]``
-    (``Sigma = R(q / |q|) diag(e^2s) R^T``, ``M = chol(Sigma)^-1``); a ``[N, 3, 3]``
-    factor is returned as it is.  The kernels compute the same ``M`` in C (to float64
-    rounding)."""
-    if _is_factor(cov):
+    (``Sigma = R(q / |q|) diag(e^2s) R^T``, ``M = chol(Sigma)^-1``); with
+    ``whitened=True``, ``cov`` is the factor ``M`` ``[N, 3, 3]`` itself and is returned
+    as it is.  The same contract as :func:`gaussfield.gaussian_field`'s ``cov`` and
+    ``whitened``; the kernels compute the same ``M`` in C (to float64 rounding)."""
+    if whitened:
+        if cov.dim() != 3 or tuple(cov.shape[1:]) != (3, 3):
+            raise ValueError("with whitened=True, cov must be the whitening factor M "
+                             f"[N, 3, 3], got {list(cov.shape)}")
         return cov
+    if cov.dim() != 2 or cov.shape[-1] not in (3, 6, 7):
+        raise ValueError("cov must have shape [N, 6], [N, 3] or [N, 7], or [N, 3, 3] with "
+                         f"whitened=True (the whitening factor M), got {list(cov.shape)}")
     c = cov.double()
     if c.shape[-1] == 3:
         return torch.diag_embed(torch.exp(-c))
