@@ -2,7 +2,8 @@
 vmap(grad)), forward-mode AD with dual tensors, double backward (create_graph=True,
 gradgradcheck), each with respect to every input and against the float64 closed form
 differentiated by PyTorch; third derivatives raise; no per-sample vmap fallback; opcheck
-on the double backward op; a whitening factor [N, 3, 3] as cov (whitened=True)."""
+on the double backward op; a covariance matrix Sigma [N, 3, 3] (not symmetric: its
+symmetric part is read) and a whitening factor [N, 3, 3] (whitened=True) as cov."""
 import warnings
 
 import pytest
@@ -17,7 +18,7 @@ from conftest import DEVICES, make_inputs
 F64 = torch.float64
 NAMES = ("x", "means", "cov", "weights")
 RTOL = 1e-9
-MODES3 = ["full", "diag", "factor"]
+MODES3 = ["full", "diag", "factor", "sigma"]
 
 
 def factor_of(cov, eps=1e-6):
@@ -27,11 +28,22 @@ def factor_of(cov, eps=1e-6):
     return M + torch.triu(torch.full_like(M, 0.3), diagonal=1)
 
 
-def ref_field(x, means, cov, weights, eps=1e-6, cutoff=None, whitened=False):
-    """fr.field, with a whitening factor's Sigma = (M^T M)^-1 of its lower triangle."""
-    if whitened:
-        M = torch.tril(cov.to(F64))
-        sigma = torch.linalg.inv(M.mT @ M)
+def sigma_of_matrix(cov):
+    """A covariance matrix [N, 3, 3] (symmetric part of the cov_tril parameters' Sigma,
+    plus an antisymmetric part that the op must not read)."""
+    noise = torch.linspace(-0.2, 0.3, 9, dtype=F64).reshape(3, 3)
+    return fr.sigma_of(cov, 1e-6) + (noise - noise.mT)
+
+
+def ref_field(x, means, cov, weights, eps=1e-6, cutoff=None, mode=None):
+    """fr.field, with a whitening factor's Sigma = (M^T M)^-1 of its lower triangle, and a
+    covariance matrix's Sigma = (S + S^T) / 2 (no eps)."""
+    if mode in ("factor", "sigma"):
+        if mode == "factor":
+            M = torch.tril(cov.to(F64))
+            sigma = torch.linalg.inv(M.mT @ M)
+        else:
+            sigma = 0.5 * (cov.to(F64) + cov.to(F64).mT)
         L = torch.linalg.cholesky(sigma)
         cov6 = torch.stack([L[:, 0, 0].log(), L[:, 1, 0], L[:, 1, 1].log(), L[:, 2, 0],
                             L[:, 2, 1], L[:, 2, 2].log()], -1)
@@ -43,6 +55,8 @@ def inputs(device, mode, B=6, N=4, seed=0, channels=None):
     x, m, c, w = make_inputs(B, N, "diag" if mode == "diag" else "full", F64, device, seed)
     if mode == "factor":
         c = factor_of(c.cpu()).to(device)
+    if mode == "sigma":
+        c = sigma_of_matrix(c.cpu()).to(device)
     if channels:
         w = w[:, None] * torch.linspace(-1.0, 2.0, channels, dtype=F64, device=device)
     return [x, m, c, w]
@@ -54,8 +68,7 @@ def ours(cutoff=None, mode=None):
 
 
 def theirs(cutoff=None, mode=None):
-    whitened = mode == "factor"
-    return lambda x, m, c, w: ref_field(x, m, c, w, cutoff=cutoff, whitened=whitened)
+    return lambda x, m, c, w: ref_field(x, m, c, w, cutoff=cutoff, mode=mode)
 
 
 def close(a, b, rtol=RTOL, what=""):

@@ -198,12 +198,19 @@ def test_whitened_true_with_another_shape_is_an_error(shape):
             1e-6, None, [True] * 4, whitened=True)
 
 
-def test_an_unnamed_matrix_is_an_error():
+def test_an_unnamed_matrix_is_sigma():
+    """[N, 3, 3] without whitened is a covariance matrix, never the factor: Sigma's field
+    (the factor M read as Sigma would give another, or be refused)."""
     x, m, c, w = good()
+    from field_reference import sigma_of
+    sigma = sigma_of(c, 1e-6)
+    torch.testing.assert_close(f(x, m, sigma, w), f(x, m, c, w), rtol=1e-12, atol=1e-14)
+    # the factor unnamed is read as Sigma: the field of (M + M^T) / 2, not of M
     M = _factor(c)
-    for call in (lambda: f(x, m, M, w),
-                 lambda: torch.ops.gaussfield.gaussian_field_backward(
-                     torch.ones(5, dtype=torch.float64), x, m, M, w, 1e-6, None, [True] * 4)):
-        with pytest.raises(RuntimeError, match=r"cov of shape \[N, 3, 3\] must be named: pass "
-                                               r"whitened=True for the whitening factor M"):
-            call()
+    sym = 0.5 * (M + M.mT)
+    if bool((torch.linalg.eigvalsh(sym) > 0).all()):
+        torch.testing.assert_close(f(x, m, M, w), f(x, m, sym, w), rtol=0, atol=0)
+        assert not torch.allclose(f(x, m, M, w), f(x, m, M, w, whitened=True))
+    else:
+        with pytest.raises(ValueError, match="pass whitened=True"):
+            f(x, m, M, w)

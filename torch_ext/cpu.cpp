@@ -214,6 +214,7 @@ at::Tensor gaussian_field_cpu(const at::Tensor& x, const at::Tensor& means,
                               std::optional<double> cutoff, bool whitened) {
   Problem prob = make_problem(x, means, cov, weights, eps, cutoff, whitened);
   gf_params& p = prob.params;
+  if (p.cov_mode == GF_COV_SIGMA) check_covariance_matrices(cov);
   at::Tensor out = allocate_output(x, weights, p);
   if (p.num_points == 0 || p.num_gaussians == 0) return out;
   at::Tensor records = records_for(p, x);
@@ -232,6 +233,7 @@ std::tuple<at::Tensor, at::Tensor> gaussian_field_culled_cpu(
     const at::Tensor& weights, double eps, double cutoff, bool whitened) {
   Problem prob = make_problem(x, means, cov, weights, eps, cutoff, whitened);
   gf_params& p = prob.params;
+  if (p.cov_mode == GF_COV_SIGMA) check_covariance_matrices(cov);
   at::Tensor out = allocate_output(x, weights, p);
   if (p.num_points == 0 || p.num_gaussians == 0)
     return {out, at::empty({0}, x.options().dtype(at::kByte))};

@@ -225,11 +225,20 @@ void dense_backward(const gf_params& p, const at::Tensor& like) {
              cuda_error, "backward");
 }
 
+// A covariance matrix Sigma's check (problem.h): eagerly, with a synchronisation; while
+// the stream is captured, none (a Gaussian that is not positive definite gives NaN).
+void check_sigma(const gf_params& p, const at::Tensor& x, const at::Tensor& cov) {
+  if (p.cov_mode != GF_COV_SIGMA) return;
+  const c10::cuda::CUDAGuard guard(x.device());
+  if (!capturing()) check_covariance_matrices(cov);
+}
+
 at::Tensor gaussian_field_cuda(const at::Tensor& x, const at::Tensor& means,
                                const at::Tensor& cov, const at::Tensor& weights, double eps,
                                std::optional<double> cutoff, bool whitened) {
   Problem prob = make_problem(x, means, cov, weights, eps, cutoff, whitened);
   gf_params& p = prob.params;
+  check_sigma(p, x, cov);
   at::Tensor out = allocate_output(x, weights, p);
   if (p.num_points == 0 || p.num_gaussians == 0) return out;
   const c10::cuda::CUDAGuard guard(x.device());
@@ -253,6 +262,7 @@ std::tuple<at::Tensor, at::Tensor> gaussian_field_culled_cuda(
     const at::Tensor& weights, double eps, double cutoff, bool whitened) {
   Problem prob = make_problem(x, means, cov, weights, eps, cutoff, whitened);
   gf_params& p = prob.params;
+  check_sigma(p, x, cov);
   at::Tensor out = allocate_output(x, weights, p);
   const Culling mode = culling_mode();
   if (!plans(p, mode)) {

@@ -54,16 +54,45 @@ gf_cov_mode cov_mode_of(const at::Tensor& cov, bool whitened) {
                 "triangular, Sigma^-1 = M^T M), got ", cov.sizes());
     return GF_COV_WHITENED;
   }
-  TORCH_CHECK(!is_matrix_shape(cov),
-              "cov of shape [N, 3, 3] must be named: pass whitened=True for the whitening "
-              "factor M (lower triangular, Sigma^-1 = M^T M); a covariance matrix Sigma "
-              "[N, 3, 3] is not supported yet, got ", cov.sizes());
+  if (is_matrix_shape(cov)) return GF_COV_SIGMA;
   TORCH_CHECK(cov.dim() == 2 && (cov.size(1) == 6 || cov.size(1) == 3 || cov.size(1) == 7),
               "cov must have shape [N, 6] (full covariance, cov_tril), [N, 3] (diagonal, "
               "log_scales), [N, 7] (rotation quaternion and log-scales, as 3D Gaussian "
-              "Splatting), or [N, 3, 3] with whitened=True (the whitening factor M), got ",
+              "Splatting), [N, 3, 3] (a covariance matrix Sigma), or [N, 3, 3] with "
+              "whitened=True (the whitening factor M), got ",
               cov.sizes());
   return cov.size(1) == 6 ? GF_COV_FULL : cov.size(1) == 7 ? GF_COV_QUAT : GF_COV_DIAG;
+}
+
+void check_covariance_matrices(const at::Tensor& cov) {
+  if (cov.size(0) == 0) return;
+  at::NoGradGuard no_grad;
+  // the front-end's arithmetic (csrc/gf_frontends.h, gf_whitening_of_covariance) on the
+  // symmetric part, in double, on cov's device
+  const at::Tensor s = cov.detach().to(at::kDouble);
+  auto at_ = [&](int i, int j) { return s.select(1, i).select(1, j); };
+  const at::Tensor xx = at_(0, 0), yy = at_(1, 1), zz = at_(2, 2);
+  const at::Tensor xy = 0.5 * (at_(0, 1) + at_(1, 0));
+  const at::Tensor xz = 0.5 * (at_(0, 2) + at_(2, 0));
+  const at::Tensor yz = 0.5 * (at_(1, 2) + at_(2, 1));
+  const at::Tensor k00 = xx.sqrt();
+  const at::Tensor k10 = xy / k00, k20 = xz / k00;
+  const at::Tensor p1 = yy - k10 * k10;
+  const at::Tensor k21 = (yz - k20 * k10) / p1.sqrt();
+  const at::Tensor p2 = zz - k20 * k20 - k21 * k21;
+  const at::Tensor positive = xx.gt(0) & p1.gt(0) & p2.gt(0);
+  // NaN and infinite entries are not refused (see gaussian_field's docs)
+  const at::Tensor bad = positive.logical_not() & s.isfinite().flatten(1).all(1);
+  if (!bad.any().item<bool>()) return;  // on CUDA, a synchronisation
+  const int64_t n = bad.nonzero().select(1, 0)[0].item<int64_t>();
+  const at::Tensor row = s.select(0, n).flatten().cpu();
+  const double* v = row.const_data_ptr<double>();
+  TORCH_CHECK_VALUE(false, "cov: the covariance matrix Sigma of Gaussian ", n,
+              " is not positive definite (its symmetric part has no Cholesky factor in "
+              "float64): [[", v[0], ", ", v[1], ", ", v[2], "], [", v[3], ", ", v[4], ", ", v[5],
+              "], [", v[6], ", ", v[7], ", ", v[8],
+              "]]. If cov is a whitening factor M, pass whitened=True (gaussfield 0.2 reads "
+              "an unnamed [N, 3, 3] as Sigma)");
 }
 
 std::optional<at::ScalarType> promoted_dtype(std::initializer_list<NamedTensor> inputs) {

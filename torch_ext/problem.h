@@ -32,9 +32,20 @@ bool is_matrix_shape(const at::Tensor& cov);
 // The parameterisation of cov, as the ops' `whitened` argument and cov's shape say it
 // (throws a c10::Error naming cov otherwise): with whitened, cov must be the whitening
 // factor M [N, 3, 3] (GF_COV_WHITENED, read by the C core as rows of 9; the entries
-// above the diagonal are not read and their gradient is 0); without it, [N, 6], [N, 3]
-// or [N, 7].  No shape is read two ways.
+// above the diagonal are not read and their gradient is 0); without it, [N, 6], [N, 3],
+// [N, 7] or a covariance matrix Sigma [N, 3, 3] (GF_COV_SIGMA, rows of 9, its symmetric
+// part read).  No shape is read two ways.
 gf_cov_mode cov_mode_of(const at::Tensor& cov, bool whitened);
+
+// For cov a covariance matrix Sigma [N, 3, 3] (GF_COV_SIGMA): throws a c10::ValueError
+// (Python's ValueError) naming the first Gaussian whose Sigma has finite entries and is
+// not positive definite in float64, by the C front-end's own criterion (a Cholesky pivot
+// of the symmetric part <= 0), which would give it a NaN whitening factor.  NaN and
+// infinite entries pass (the front-end's arithmetic decides: NaN gives NaN).  A pass
+// over N on cov's device and, on CUDA, one synchronisation: the forward ops call it in
+// eager use, never while a CUDA graph is captured (cuda.cpp), where such a Gaussian
+// gives NaN values; the backward ops do not call it.
+void check_covariance_matrices(const at::Tensor& cov);
 
 // Checks shapes, dtypes, devices, eps and cutoff of the forward's inputs and throws a
 // c10::Error naming the argument otherwise.  weights are [N] (one channel) or [N, C];

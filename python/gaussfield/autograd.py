@@ -94,15 +94,15 @@ def _is_matrix_shape(cov):
 
 
 def _check_cov_fake(cov, whitened):
-    """torch_ext's cov_mode_of: the shape that ``whitened`` names."""
+    """torch_ext's cov_mode_of: the shape that ``whitened`` names (without it, [N, 3, 3]
+    is a covariance matrix)."""
     if whitened:
         torch._check(_is_matrix_shape(cov), lambda: (
             f"with whitened=True, cov must be the whitening factor M [N, 3, 3], got {tuple(cov.shape)}"))
         return
-    torch._check(not _is_matrix_shape(cov), lambda: (
-        "cov of shape [N, 3, 3] must be named: pass whitened=True for the whitening factor M"))
-    torch._check(cov.dim() == 2 and cov.shape[1] in (3, 6, 7), lambda: (
-        f"cov must have shape [N, 6], [N, 3], [N, 7], or [N, 3, 3] with whitened=True, got {tuple(cov.shape)}"))
+    torch._check(_is_matrix_shape(cov) or (cov.dim() == 2 and cov.shape[1] in (3, 6, 7)), lambda: (
+        f"cov must have shape [N, 6], [N, 3], [N, 7], [N, 3, 3] (a covariance matrix), or "
+        f"[N, 3, 3] with whitened=True (the whitening factor M), got {tuple(cov.shape)}"))
 
 
 def _check_inputs_fake(x, means, cov, weights, cutoff, whitened):
@@ -233,10 +233,12 @@ def _gaussian_field_culled_backward_fake(grad_out, x, means, cov, weights, eps, 
 # ---- the front-end in PyTorch -------------------------------------------------------
 
 
-def _whitened(x, means, cov, weights, eps):
+def _whitened(x, means, cov, weights, eps, check=True):
     """cov parameters (not a factor) as a whitening factor in the dtype the ops take (the
-    front-end's graph kept), for the ops with ``whitened=True``."""
-    return whitening_factor(cov, eps).to(_factor_dtype(cov, x, means, weights))
+    front-end's graph kept), for the ops with ``whitened=True``.  ``check``: a covariance
+    matrix that is not positive definite raises in eager use, as the forward op does
+    (False where the forward op has already checked these inputs)."""
+    return whitening_factor(cov, eps, check=check).to(_factor_dtype(cov, x, means, weights))
 
 
 # ---- when a call needs a graph --------------------------------------------------------
@@ -434,20 +436,20 @@ def _backward_differentiable(grad_out, x, means, cov, weights, eps, cutoff, mask
     if not mask[2]:
         # (M keeps its graph: the other gradients depend on cov through it)
         gx, gm, _, gw = torch.ops.gaussfield.gaussian_field_backward(
-            grad_out, x, means, _whitened(x, means, cov, weights, eps), weights, eps, cutoff,
-            mask, whitened=True)
+            grad_out, x, means, _whitened(x, means, cov, weights, eps, False), weights, eps,
+            cutoff, mask, whitened=True)
         return gx, gm, None, gw
     if not _differentiating(_functorch_transforms()) and cov.requires_grad:
         # plain autograd (create_graph=True): the front-end's VJP by autograd.grad, which
         # costs less host time than torch.func.vjp's level
         with torch.enable_grad():
-            M = _whitened(x, means, cov, weights, eps)
+            M = _whitened(x, means, cov, weights, eps, False)
         gx, gm, gM, gw = torch.ops.gaussfield.gaussian_field_backward(
             grad_out, x, means, M, weights, eps, cutoff, mask, whitened=True)
         (gc,) = torch.autograd.grad(M, cov, gM, create_graph=True)
         return gx, gm, gc, gw
     with torch.enable_grad():
-        M, front_vjp = torch.func.vjp(lambda c: _whitened(x, means, c, weights, eps), cov)
+        M, front_vjp = torch.func.vjp(lambda c: _whitened(x, means, c, weights, eps, False), cov)
     gx, gm, gM, gw = torch.ops.gaussfield.gaussian_field_backward(
         grad_out, x, means, M, weights, eps, cutoff, mask, whitened=True)
     (gc,) = front_vjp(gM)

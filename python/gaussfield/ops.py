@@ -44,10 +44,24 @@ def gaussian_field(
               ``Sigma = R(q / |q|) diag(e^{2 s}) R(q / |q|)^T``; the quaternion is
               normalised inside the op (its gradient is that of the normalised form),
               and a zero quaternion is the identity rotation; ``eps`` is not used.
+            * ``[N, 3, 3]`` (a covariance matrix): ``Sigma = (S + S^T) / 2``, the
+              symmetric part of ``S = cov[n]`` (for a symmetric ``S``, ``S`` itself);
+              ``eps`` is not used (pass ``S + eps * I`` for a jitter).  The value
+              depends on the symmetric part alone, and ``cov``'s gradient is the exact
+              gradient of that function: symmetric, ``grad_cov[n] = G = df/dSigma``
+              (``(G + G^T) / 2`` of the gradient with respect to a Sigma read as it is;
+              ``torch.linalg.cholesky``'s convention for a symmetric input).  Each
+              Sigma must be positive definite: in eager use the op refuses one that is
+              not (a ``ValueError`` naming the Gaussian; on CUDA the check costs one
+              synchronisation per call).  The check is skipped while a CUDA graph is
+              captured, while ``torch.compile`` traces (the compiled code checks when
+              it runs, outside CUDA graphs) and in the backward ops; there a Gaussian
+              whose Sigma is not positive definite in float64 is NaN at every point
+              (its whitening factor is NaN), as a Gaussian with a NaN entry always is
+              (NaN entries are not refused).
             * ``[N, 3, 3]`` with ``whitened=True`` (your own parameterisation): the
               whitening factor ``M``, lower triangular, ``Sigma^-1 = M^T M``; entries
               above the diagonal are ignored (zero gradient); ``eps`` is not used.
-              Without ``whitened=True`` a ``[N, 3, 3]`` cov is an error.
         weights: ``[N]``, or ``[N, C]`` for C feature channels (one exponential shared
             by the channels); raw (no normalisation constant).
         eps: added to the diagonal of Sigma in the full parameterisation; finite, >= 0.
@@ -69,7 +83,8 @@ def gaussian_field(
             ``GAUSSFIELD_CULLING_BUDGET_MB`` caps the culling's memory (README, "Culling").
         whitened: ``True``: ``cov`` is the whitening factor ``M`` ``[N, 3, 3]`` (any other
             shape is an error); ``False`` (default): ``cov`` is one of the
-            parameterisations above.
+            parameterisations above, a ``[N, 3, 3]`` one a covariance matrix Sigma.
+            (Before 0.2 an unnamed ``[N, 3, 3]`` was ``M``: docs/migration.md.)
 
     Returns:
         ``f(x)`` with shape ``x.shape[:-1]`` (``x.shape[:-1] + (C,)`` for weights
