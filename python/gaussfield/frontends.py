@@ -9,7 +9,7 @@ derivatives (csrc/gf_math.h); these are what the higher-order paths of
 import torch
 
 from ._common import DEFAULT_EPS, check_covariance_matrices, positive_definite, symmetric_part
-from .reference import cholesky_factor
+from .reference import cholesky_factor, quaternion_rotation
 
 def _factor_dtype(cov, *others):
     """The dtype a whitening factor is handed to the ops in: cov's where it is float32 or
@@ -68,15 +68,3 @@ def _covariance_whitening(cov, check):
     M = torch.linalg.solve_triangular(K, eye.expand_as(K), upper=False)
     ok = positive_definite(sigma)[:, None, None]
     return torch.where(ok, M, torch.full_like(M, float("nan")))
-
-
-def quaternion_rotation(q):
-    """R(q / max(|q|, 1e-12)) ``[N, 3, 3]`` of quaternions ``(w, x, y, z)`` ``[N, 4]``, as
-    the C front-end computes it (a zero quaternion gives the identity)."""
-    n = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    w, x, y, z = n.unbind(-1)
-    return torch.stack([
-        torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
-        torch.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
-        torch.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1),
-    ], -2)
