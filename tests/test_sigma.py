@@ -397,3 +397,14 @@ def test_double_backward_op_takes_factors_only():
     with pytest.raises(RuntimeError, match=r"cov must be a whitening factor \[N, 3, 3\]"):
         torch.ops.gaussfield.gaussian_field_double_backward(go, x, means, torch.rand(4, 6, dtype=F64), w,
                                                              1e-6, None, None, None, None, None, [True] * 5)
+
+
+def test_version_and_migration_note():
+    """0.2.0: an unnamed [N, 3, 3] changed meaning, and docs/migration.md says how to
+    keep the old one."""
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    assert gaussfield.__version__ == "0.2.0"
+    assert '\nversion = "0.2.0"\n' in (root / "pyproject.toml").read_text()
+    note = (root / "docs" / "migration.md").read_text()
+    assert "whitened=True" in note and "0.1" in note
