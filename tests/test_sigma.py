@@ -259,6 +259,19 @@ def test_not_positive_definite_is_refused_eagerly(monkeypatch, bad):
     assert torch.isfinite(gaussfield.gaussian_field(x, means, near, w)).all()
 
 
+def test_the_first_refused_gaussian_is_named():
+    """Over many Gaussians (the check runs on several threads), strided, float32 too."""
+    g = torch.Generator().manual_seed(18)
+    S = covariances(20000, g)
+    x, means, w = torch.rand(3, 3, dtype=F64), torch.rand(20000, 3, dtype=F64), torch.ones(20000, dtype=F64)
+    for n in (19999, 12345, 4097):
+        S[n] = -torch.eye(3, dtype=F64)
+    for cov in (S, S.mT.contiguous().mT, S.float()):
+        args = (x.to(cov.dtype), means.to(cov.dtype), cov, w.to(cov.dtype))
+        with pytest.raises(ValueError, match=r"Sigma of Gaussian 4097 is not positive definite"):
+            gaussfield.gaussian_field(*args)
+
+
 def test_where_the_check_is_skipped_the_gaussian_is_nan():
     """The backward ops do not check, and the front-end unchecked: a Gaussian that is
     not positive definite is NaN wherever it is evaluated, and only that Gaussian's

@@ -1,10 +1,14 @@
 // ops.cpp - the schemas of the gaussfield ops, and the validation that both the CPU
 // and the CUDA implementations call before touching data.
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
+#include <mutex>
 
 #include "problem.h"
 
@@ -64,12 +68,51 @@ gf_cov_mode cov_mode_of(const at::Tensor& cov, bool whitened) {
   return cov.size(1) == 6 ? GF_COV_FULL : cov.size(1) == 7 ? GF_COV_QUAT : GF_COV_DIAG;
 }
 
-void check_covariance_matrices(const at::Tensor& cov) {
-  if (cov.size(0) == 0) return;
-  at::NoGradGuard no_grad;
-  // the front-end's arithmetic (csrc/gf_frontends.h, gf_whitening_of_covariance) on the
-  // symmetric part, in double, on cov's device
-  const at::Tensor s = cov.detach().to(at::kDouble);
+namespace {
+
+// Whether Sigma = (S + S^T) / 2 of one row-major 3x3 S has finite entries and a pivot of
+// its Cholesky factor <= 0 (or NaN): csrc/gf_frontends.h's gf_whitening_of_covariance,
+// in the same double arithmetic, so that exactly the Gaussians the front-end makes NaN
+// are refused.
+bool refused(const double s[9]) {
+  for (int k = 0; k < 9; ++k)
+    if (!std::isfinite(s[k])) return false;
+  const double xx = s[0], yy = s[4], zz = s[8];
+  const double xy = 0.5 * (s[1] + s[3]), xz = 0.5 * (s[2] + s[6]), yz = 0.5 * (s[5] + s[7]);
+  const double k00 = std::sqrt(xx);
+  const double k10 = xy / k00, k20 = xz / k00;
+  const double p1 = yy - k10 * k10;
+  const double k21 = (yz - k20 * k10) / std::sqrt(p1);
+  const double p2 = zz - k20 * k20 - k21 * k21;
+  return !(xx > 0.0 && p1 > 0.0 && p2 > 0.0);
+}
+
+// The first refused Gaussian of a CPU cov, or -1: one pass, on torch's threads.
+int64_t first_refused_cpu(const at::Tensor& cov) {
+  const int64_t n = cov.size(0);
+  int64_t first = -1;
+  std::mutex mutex;
+  AT_DISPATCH_FLOATING_TYPES(cov.scalar_type(), "check_covariance_matrices", [&] {
+    const scalar_t* base = cov.const_data_ptr<scalar_t>();
+    const int64_t s0 = cov.stride(0), s1 = cov.stride(1), s2 = cov.stride(2);
+    at::parallel_for(0, n, 4096, [&](int64_t begin, int64_t end) {
+      for (int64_t g = begin; g < end; ++g) {
+        double v[9];
+        for (int i = 0; i < 3; ++i)
+          for (int j = 0; j < 3; ++j) v[3 * i + j] = double(base[g * s0 + i * s1 + j * s2]);
+        if (!refused(v)) continue;
+        std::lock_guard<std::mutex> lock(mutex);
+        if (first < 0 || g < first) first = g;
+        return;  // the rest of this range cannot come first
+      }
+    });
+  });
+  return first;
+}
+
+// The same on another device, in ATen (one synchronisation, for the answer).
+int64_t first_refused_device(const at::Tensor& cov) {
+  const at::Tensor s = cov.to(at::kDouble);
   auto at_ = [&](int i, int j) { return s.select(1, i).select(1, j); };
   const at::Tensor xx = at_(0, 0), yy = at_(1, 1), zz = at_(2, 2);
   const at::Tensor xy = 0.5 * (at_(0, 1) + at_(1, 0));
@@ -81,18 +124,30 @@ void check_covariance_matrices(const at::Tensor& cov) {
   const at::Tensor k21 = (yz - k20 * k10) / p1.sqrt();
   const at::Tensor p2 = zz - k20 * k20 - k21 * k21;
   const at::Tensor positive = xx.gt(0) & p1.gt(0) & p2.gt(0);
-  // NaN and infinite entries are not refused (see gaussian_field's docs)
   const at::Tensor bad = positive.logical_not() & s.isfinite().flatten(1).all(1);
-  if (!bad.any().item<bool>()) return;  // on CUDA, a synchronisation
-  const int64_t n = bad.nonzero().select(1, 0)[0].item<int64_t>();
-  const at::Tensor row = s.select(0, n).flatten().cpu();
+  // the first bad index, or -1, in one value: one synchronisation
+  const at::Tensor index = at::arange(s.size(0), bad.options().dtype(at::kLong));
+  const at::Tensor masked = at::where(bad, index, at::full_like(index, s.size(0)));
+  const int64_t first = masked.min().item<int64_t>();
+  return first < s.size(0) ? first : -1;
+}
+
+}  // namespace
+
+void check_covariance_matrices(const at::Tensor& cov) {
+  if (cov.size(0) == 0) return;
+  at::NoGradGuard no_grad;
+  const at::Tensor c = cov.detach();
+  const int64_t n = c.is_cpu() ? first_refused_cpu(c) : first_refused_device(c);
+  if (n < 0) return;
+  const at::Tensor row = c.select(0, n).to(at::kCPU, at::kDouble).contiguous();
   const double* v = row.const_data_ptr<double>();
   TORCH_CHECK_VALUE(false, "cov: the covariance matrix Sigma of Gaussian ", n,
-              " is not positive definite (its symmetric part has no Cholesky factor in "
-              "float64): [[", v[0], ", ", v[1], ", ", v[2], "], [", v[3], ", ", v[4], ", ", v[5],
-              "], [", v[6], ", ", v[7], ", ", v[8],
-              "]]. If cov is a whitening factor M, pass whitened=True (gaussfield 0.2 reads "
-              "an unnamed [N, 3, 3] as Sigma)");
+                    " is not positive definite (its symmetric part has no Cholesky factor in "
+                    "float64): [[", v[0], ", ", v[1], ", ", v[2], "], [", v[3], ", ", v[4], ", ",
+                    v[5], "], [", v[6], ", ", v[7], ", ", v[8],
+                    "]]. If cov is a whitening factor M, pass whitened=True (gaussfield 0.2 "
+                    "reads an unnamed [N, 3, 3] as Sigma)");
 }
 
 std::optional<at::ScalarType> promoted_dtype(std::initializer_list<NamedTensor> inputs) {
