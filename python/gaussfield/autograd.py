@@ -19,13 +19,14 @@ that hands the ops a whitening factor says ``whitened=True``.
 
 How derivatives compose.  The pair kernels see a whitening factor ``M`` per Gaussian;
 the covariance parameterisations (``cov_tril``, ``log_scales``, the 3DGS quaternion
-form) are front-ends that map ``cov`` to ``M``.  First-order reverse mode runs fused: the ops apply the front-end and
-its derivative inside the kernels.  Everything of higher order (``create_graph=True``,
-forward mode, ``torch.func.grad`` / ``jacrev`` / ``jacfwd`` / ``hessian``) takes the
-front-end in plain PyTorch (:func:`gaussfield.frontends.whitening_factor`,
-differentiable to any order by PyTorch itself) and the ops in the whitened form, whose
-derivatives are the three ops above: forward -> backward -> double backward.  Third
-derivatives raise.
+form, a covariance matrix) are front-ends that map ``cov`` to ``M``.  First-order
+reverse mode runs fused: the ops apply the front-end and its derivative inside the
+kernels.  Everything of higher order (``create_graph=True``, forward mode,
+``torch.func.grad`` / ``jacrev`` / ``jacfwd`` / ``hessian``) takes the front-end in plain
+PyTorch (:func:`gaussfield.frontends.whitening_factor`, differentiable to any order by
+PyTorch itself; it checks a covariance matrix as the forward op does) and the ops in the
+whitened form (``whitened=True``), whose derivatives are the three ops above: forward
+-> backward -> double backward.  Third derivatives raise.
 
 The Autograd kernels are single-level autograd functions (PyTorch's own mechanism for
 functorch-aware functions, private API, guarded below): registered for every call
