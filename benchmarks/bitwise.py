@@ -54,9 +54,10 @@ def run(device):
                     continue
                 os.environ["GAUSSFIELD_CULLING"] = culling
                 key = f"{name}-cut{cutoff}-{culling}"
-                f = torch.ops.gaussfield.gaussian_field(x, means, cov, w, 1e-6, cutoff)
+                named = {"whitened": mode == "factor"}
+                f = torch.ops.gaussfield.gaussian_field(x, means, cov, w, 1e-6, cutoff, **named)
                 grads = torch.ops.gaussfield.gaussian_field_backward(
-                    go, x, means, cov, w, 1e-6, cutoff, [True, True, True, True])
+                    go, x, means, cov, w, 1e-6, cutoff, [True, True, True, True], **named)
                 res[key] = [f.cpu(), *[t.cpu() for t in grads]]
                 if mode == "factor" and culling == "never":
                     dirs = [torch.randn_like(a) for a in (x, means, cov, w)]

@@ -10,8 +10,8 @@
  * (M_n the whitening factor, chol(Sigma_n)^{-1}; k the cutoff, +inf by default) and the
  * vector-Jacobian product of f with respect to the points, the means, the covariance
  * parameters and the weights, without ever materialising anything of size B x N.  The
- * covariance comes in one of four parameterisations, told apart by gf_cov_mode (see
- * below); the weights are raw (no normalisation constant).  With a cutoff k,
+ * covariance comes in one of five parameterisations, told apart by gf_cov_mode (see
+ * below), never by an array's size; the weights are raw (no normalisation constant).  With a cutoff k,
  * |f_k(x)_c - f(x)_c| <= exp(-k^2 / 2) sum_n |w_nc|.
  *
  * Conventions that hold for every function in this header:
@@ -68,7 +68,8 @@ typedef enum gf_dtype {
 /*
  * Covariance parameterisation.  gf_cov_num_params() gives the number of parameters per
  * Gaussian, i.e. the last dimension of the cov array (the enumerator's value for DIAG,
- * FULL and QUAT).
+ * FULL and QUAT; 9 for both 3x3 modes, SIGMA and WHITENED, which only the mode tells
+ * apart).
  *
  * GF_COV_FULL, cov [N, 6] ("cov_tril"):
  *     L = [[e^c0, 0, 0], [c1, e^c2, 0], [c3, c4, e^c5]],  Sigma = L L^T + eps * I
@@ -78,6 +79,14 @@ typedef enum gf_dtype {
  *     (q_w, q_x, q_y, q_z, s0, s1, s2), Sigma = R(n) diag(e^{2 s}) R(n)^T with
  *     n = q / max(|q|, 1e-12) (eps is not used): the gradient is that of the normalised
  *     form, and q = 0 gives the identity rotation (never NaN)
+ * GF_COV_SIGMA, cov [N, 9] (a covariance matrix): S = [[c0, c1, c2], [c3, c4, c5],
+ *     [c6, c7, c8]], row-major, Sigma = (S + S^T) / 2, its symmetric part (eps is not
+ *     used).  The result depends on the symmetric part alone and grad_cov is its exact
+ *     gradient with respect to all 9 entries, hence symmetric: G_ij = d f / d Sigma_ij.
+ *     A Sigma that is not positive definite in double (a Cholesky pivot <= 0, or NaN)
+ *     gives a NaN whitening factor: that Gaussian's terms are NaN at every point (with a
+ *     cutoff too), no status reports it (the CUDA stages could not report it without
+ *     waiting); a caller that wants an error checks beforehand, as torch_ext does.
  * GF_COV_WHITENED, cov [N, 9] (the whitening factor itself, a caller's own
  * parameterisation): M = [[c0, 0, 0], [c3, c4, 0], [c6, c7, c8]], the row-major 3x3
  *     matrix of which the lower triangle is read, Sigma^{-1} = M^T M (eps is not used; M
@@ -88,7 +97,8 @@ typedef enum gf_cov_mode {
     GF_COV_DIAG = 3,
     GF_COV_FULL = 6,
     GF_COV_QUAT = 7,
-    GF_COV_WHITENED = 0x106
+    GF_COV_WHITENED = 0x106,
+    GF_COV_SIGMA = 0x109
 } gf_cov_mode;
 
 /* Parameters per Gaussian of a cov_mode (the last dimension of cov): 3, 6, 7 or 9; 0

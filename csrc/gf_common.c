@@ -20,8 +20,9 @@ const char *gf_status_string(gf_status status) {
     case GF_ERR_BAD_SIZE: return "a size or stride is negative, or a range is outside [0, size]";
     case GF_ERR_BAD_DTYPE: return "unknown dtype (expected GF_FLOAT32 or GF_FLOAT64)";
     case GF_ERR_BAD_COV_MODE:
-        return "unknown cov_mode (expected GF_COV_FULL, GF_COV_DIAG, GF_COV_QUAT or "
-               "GF_COV_WHITENED), or one the stage does not take";
+        return "unknown cov_mode (expected GF_COV_FULL, GF_COV_DIAG, GF_COV_QUAT, "
+               "GF_COV_SIGMA or GF_COV_WHITENED), or one the stage does not take (the "
+               "double backward takes GF_COV_WHITENED only)";
     case GF_ERR_BAD_EPS: return "eps must be finite and >= 0";
     case GF_ERR_SMALL_WORKSPACE: return "workspace smaller than the reported size";
     case GF_ERR_CUDA: return "CUDA runtime error";

@@ -21,6 +21,8 @@
  *   log_scales GF_COV_DIAG [N, 3]  Sigma = diag(e^{2 s})            (no eps)
  *   quaternion GF_COV_QUAT [N, 7]  (w, x, y, z, s0, s1, s2), Sigma = R(n) diag(e^{2 s})
  *                                  R(n)^T, n = q / max(|q|, floor)  (no eps)
+ *   sigma      GF_COV_SIGMA [N, 9] Sigma = (S + S^T) / 2 of the row-major 3x3 S (no eps);
+ *                                  one that is not positive definite gives a NaN M
  *   whitened   GF_COV_WHITENED [N, 9]  M itself, its lower triangle read from the
  *                                  row-major 3x3 (no eps)
  */
@@ -32,7 +34,7 @@
 #endif
 
 /* The front-ends' parameter arrays (c, grad_c) hold this many values. */
-#define GF_COV_MAX_PARAMS 7
+#define GF_COV_MAX_PARAMS 9
 
 /* Below this |q| a quaternion is not normalised but divided by it (3DGS normalises with
  * a floor too): q = 0 gives the identity rotation and finite gradients, never NaN. */
@@ -51,16 +53,22 @@ GF_HD void gf_lower_inverse(const double m[6], double k[6]) {
 }
 
 /* M = chol(Sigma)^{-1} from Sigma (6 unique entries): the Cholesky factor in double,
- * then its inverse.  A Sigma that is not positive definite in double gives NaN entries. */
-GF_HD void gf_whitening_of_covariance(const double s[6], double m[6]) {
+ * then its inverse.  Returns whether every pivot (the radicand of each diagonal entry of
+ * the factor) is > 0, i.e. Sigma is positive definite in double; where one is not (or is
+ * NaN), the entries of M are whatever the arithmetic gives (NaN for a negative pivot). */
+GF_HD int gf_whitening_of_covariance(const double s[6], double m[6]) {
     double k[6];
-    k[GF_L00] = sqrt(s[GF_XX]);
+    const double p0 = s[GF_XX];
+    k[GF_L00] = sqrt(p0);
     k[GF_L10] = s[GF_XY] / k[GF_L00];
     k[GF_L20] = s[GF_XZ] / k[GF_L00];
-    k[GF_L11] = sqrt(s[GF_YY] - k[GF_L10] * k[GF_L10]);
+    const double p1 = s[GF_YY] - k[GF_L10] * k[GF_L10];
+    k[GF_L11] = sqrt(p1);
     k[GF_L21] = (s[GF_YZ] - k[GF_L20] * k[GF_L10]) / k[GF_L11];
-    k[GF_L22] = sqrt(s[GF_ZZ] - k[GF_L20] * k[GF_L20] - k[GF_L21] * k[GF_L21]);
+    const double p2 = s[GF_ZZ] - k[GF_L20] * k[GF_L20] - k[GF_L21] * k[GF_L21];
+    k[GF_L22] = sqrt(p2);
     gf_lower_inverse(k, m);
+    return p0 > 0.0 && p1 > 0.0 && p2 > 0.0;
 }
 
 /* grad_Sigma (6 unique entries; the derivative with respect to each of a symmetric
@@ -284,6 +292,45 @@ GF_HD void gf_quat_vjp(const double c[GF_COV_MAX_PARAMS], double eps, const doub
     for (int k = 0; k < 4; ++k) grad_c[k] = (gn[k] - n[k] * dot) / norm;
 }
 
+/* ---- a covariance matrix (GF_COV_SIGMA) ------------------------------------------- */
+
+/* Sigma = (S + S^T) / 2 of the row-major 3x3 S (c[0..8]): the symmetric part, so that the
+ * value is a function of the symmetric part alone and its gradient is symmetric. */
+GF_HD void gf_sigma_covariance(const double c[GF_COV_MAX_PARAMS], double s[6]) {
+    s[GF_XX] = c[0];
+    s[GF_YY] = c[4];
+    s[GF_ZZ] = c[8];
+    s[GF_XY] = 0.5 * (c[1] + c[3]);
+    s[GF_XZ] = 0.5 * (c[2] + c[6]);
+    s[GF_YZ] = 0.5 * (c[5] + c[7]);
+}
+
+/* M = chol(Sigma)^{-1}, all NaN where Sigma is not positive definite in double (a pivot
+ * <= 0 or NaN): such a Gaussian gives NaN wherever it is evaluated, never a finite value
+ * of another Gaussian.  (The torch layer refuses those eagerly; torch_ext/ops.cpp.) */
+GF_HD void gf_sigma_whitening(const double c[GF_COV_MAX_PARAMS], double eps, double m[6]) {
+    (void)eps;
+    double s[6];
+    gf_sigma_covariance(c, s);
+    if (!gf_whitening_of_covariance(s, m))
+        for (int k = 0; k < 6; ++k) m[k] = (double)NAN;
+}
+
+/* d f / d S_ij = (G_ij + G_ji) / 2 = G_ij for f(S) = F((S + S^T) / 2), G = d F / d Sigma
+ * (symmetric, gf_covariance_gradient): every entry of the 3x3, symmetric. */
+GF_HD void gf_sigma_vjp(const double c[GF_COV_MAX_PARAMS], double eps, const double m[6],
+                        const double suu[6], double grad_c[GF_COV_MAX_PARAMS]) {
+    (void)c, (void)eps;
+    double gs[6];
+    gf_covariance_gradient(m, suu, gs);
+    grad_c[0] = gs[GF_XX];
+    grad_c[4] = gs[GF_YY];
+    grad_c[8] = gs[GF_ZZ];
+    grad_c[1] = grad_c[3] = gs[GF_XY];
+    grad_c[2] = grad_c[6] = gs[GF_XZ];
+    grad_c[5] = grad_c[7] = gs[GF_YZ];
+}
+
 /* ---- the whitening factor itself (GF_COV_WHITENED) ------------------------------- */
 
 GF_HD void gf_whitened_whitening(const double c[GF_COV_MAX_PARAMS], double eps, double m[6]) {
@@ -316,18 +363,19 @@ GF_HD void gf_whitened_vjp(const double c[GF_COV_MAX_PARAMS], double eps, const 
 
 /* ---- the switches ------------------------------------------------------------------ */
 
-/* Values per Gaussian of a cov_mode in the cov array (its last dimension; the whitening
- * factor's 9 entries), 0 for an unknown mode (gf_cov_num_params). */
+/* Values per Gaussian of a cov_mode in the cov array (its last dimension; a 3x3
+ * matrix's 9 entries), 0 for an unknown mode (gf_cov_num_params). */
 GF_HD int gf_cov_params(gf_cov_mode mode) {
     return mode == GF_COV_DIAG       ? 3
            : mode == GF_COV_FULL     ? 6
            : mode == GF_COV_QUAT     ? 7
+           : mode == GF_COV_SIGMA    ? 9
            : mode == GF_COV_WHITENED ? 9
                                      : 0;
 }
 
 /* Parameters the front-end reads (c, grad_c): those values, less the whitening factor's
- * upper triangle. */
+ * upper triangle (a covariance matrix's 9 are all read: its symmetric part). */
 GF_HD int gf_frontend_params(gf_cov_mode mode) {
     return mode == GF_COV_WHITENED ? 6 : gf_cov_params(mode);
 }
@@ -345,6 +393,7 @@ GF_HD void gf_frontend_whitening(gf_cov_mode mode, const double c[GF_COV_MAX_PAR
     case GF_COV_FULL: gf_full_whitening(c, eps, m); return;
     case GF_COV_DIAG: gf_diag_whitening(c, eps, m); return;
     case GF_COV_QUAT: gf_quat_whitening(c, eps, m); return;
+    case GF_COV_SIGMA: gf_sigma_whitening(c, eps, m); return;
     case GF_COV_WHITENED: gf_whitened_whitening(c, eps, m); return;
     }
 }
@@ -356,6 +405,7 @@ GF_HD void gf_frontend_vjp(gf_cov_mode mode, const double c[GF_COV_MAX_PARAMS], 
     case GF_COV_FULL: gf_full_vjp(c, eps, m, suu, grad_c); return;
     case GF_COV_DIAG: gf_diag_vjp(c, eps, m, suu, grad_c); return;
     case GF_COV_QUAT: gf_quat_vjp(c, eps, m, suu, grad_c); return;
+    case GF_COV_SIGMA: gf_sigma_vjp(c, eps, m, suu, grad_c); return;
     case GF_COV_WHITENED: gf_whitened_vjp(c, eps, m, suu, grad_c); return;
     }
 }

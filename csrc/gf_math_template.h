@@ -485,7 +485,7 @@ GF_HD void GF_FN(gf_second_gaussian_store)(const double sums[GF_NUM_SUMS2],
     }
     if (grad_cov) {
         const double dm[3] = {a->dmx, a->dmy, a->dmz};
-        double g[GF_COV_MAX_PARAMS] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+        double g[GF_COV_MAX_PARAMS] = {0.0};
         int e = 0;
         for (int i = 0; i < 3; ++i)
             for (int j = 0; j <= i; ++j, ++e)

@@ -1,6 +1,7 @@
 """Forward + backward on CUDA at sizes that leave partial tiles everywhere, under several
 launch configurations, with one and several channels (partial channel blocks) and with
-and without a cutoff, the quaternion mode, and the culled path, checked against the CPU.  Run under
+and without a cutoff, the quaternion mode, a covariance matrix Sigma [N, 3, 3] and the
+whitening factor (whitened=True), and the culled path, checked against the CPU.  Run under
 compute-sanitizer (memcheck, racecheck, initcheck) by benchmarks/gpu_session.sh; not
 collected by pytest.  `python tests/cuda_sanitize.py culled` runs the culled cases and
 the double backward's alone."""
@@ -13,25 +14,34 @@ import gaussfield
 
 sys.path.insert(0, os.path.dirname(__file__))
 from conftest import make_inputs, rel_err  # noqa: E402
+from field_reference import sigma_of  # noqa: E402
 
 CONFIGS = ["", "points_r=8,points_warps=3,gauss_k=2,gauss_warps=5,chunks=3",
            "points_r=1,points_warps=8,gauss_k=4,gauss_warps=8,chunks=2,channel_block=4"]
 
 
 def check(B, N, mode, dtype, channels, cutoff):
-    ins = make_inputs(B, N, "diag" if mode == "quat" else mode, dtype, "cpu", B + N)
+    ins = make_inputs(B, N, {"quat": "diag", "sigma": "full", "factor": "full"}.get(mode, mode),
+                      dtype, "cpu", B + N)
     if mode == "quat":  # 3DGS: (quaternion, log-scales), one quaternion zero
         quat = torch.randn(N, 4, generator=torch.Generator().manual_seed(B), dtype=dtype)
         quat[0] = 0.0
         ins[2] = torch.cat([quat, ins[2]], 1)
+    if mode in ("sigma", "factor"):  # a covariance matrix (not symmetric), or its factor
+        sigma = sigma_of(ins[2].double(), 1e-6)
+        if mode == "sigma":
+            ins[2] = (sigma + 0.1 * torch.linspace(-1, 1, 9, dtype=torch.float64).view(3, 3)).to(dtype)
+        else:
+            ins[2] = torch.linalg.inv(torch.linalg.cholesky(sigma)).to(dtype)
+    whitened = mode == "factor"
     if channels:
         ins[3] = torch.randn(N, channels, dtype=dtype)
     g = torch.randn(B, *([channels] if channels else []), dtype=dtype)
     cpu_in = [t.clone().requires_grad_() for t in ins]
-    out = gaussfield.gaussian_field(*cpu_in, cutoff=cutoff)
+    out = gaussfield.gaussian_field(*cpu_in, cutoff=cutoff, whitened=whitened)
     want = [out, *torch.autograd.grad(out, cpu_in, g)]
     gpu_in = [t.cuda().requires_grad_() for t in ins]
-    out = gaussfield.gaussian_field(*gpu_in, cutoff=cutoff)
+    out = gaussfield.gaussian_field(*gpu_in, cutoff=cutoff, whitened=whitened)
     got = [out, *torch.autograd.grad(out, gpu_in, g.cuda())]
     torch.cuda.synchronize()
     tol = 2e-6 if dtype == torch.float32 else 1e-12
@@ -47,12 +57,13 @@ for cfg in CONFIGS if sys.argv[1:] != ["culled"] else []:
                 for channels, cutoff in [(0, None), (3, None), (11, 3.0), (0, 2.5)]:
                     check(B, N, mode, dtype, channels, cutoff)
         for dtype in (torch.float32, torch.float64):
-            check(B, N, "quat", dtype, 3, 2.5)
+            for mode in ("quat", "sigma", "factor"):
+                check(B, N, mode, dtype, 3, 2.5)
 # the culled path (forced): cells with partial chunks, channel blocks, both dtypes
 os.environ["GAUSSFIELD_CUDA_CONFIG"] = ""
 os.environ["GAUSSFIELD_CULLING"] = "always"
 for B, N in [(37, 45), (301, 130), (3000, 700)]:
-    for mode in ("full", "diag", "quat"):
+    for mode in ("full", "diag", "quat", "sigma", "factor"):
         for dtype in (torch.float32, torch.float64):
             for channels, cutoff in [(0, 2.5), (3, 3.0), (11, 2.0)]:
                 check(B, N, mode, dtype, channels, cutoff)

@@ -2,7 +2,8 @@
 vmap(grad)), forward-mode AD with dual tensors, double backward (create_graph=True,
 gradgradcheck), each with respect to every input and against the float64 closed form
 differentiated by PyTorch; third derivatives raise; no per-sample vmap fallback; opcheck
-on the double backward op; a whitening factor [N, 3, 3] as cov."""
+on the double backward op; a covariance matrix Sigma [N, 3, 3] (not symmetric: its
+symmetric part is read) and a whitening factor [N, 3, 3] (whitened=True) as cov."""
 import warnings
 
 import pytest
@@ -17,7 +18,7 @@ from conftest import DEVICES, make_inputs
 F64 = torch.float64
 NAMES = ("x", "means", "cov", "weights")
 RTOL = 1e-9
-MODES3 = ["full", "diag", "factor"]
+MODES3 = ["full", "diag", "factor", "sigma"]
 
 
 def factor_of(cov, eps=1e-6):
@@ -27,11 +28,22 @@ def factor_of(cov, eps=1e-6):
     return M + torch.triu(torch.full_like(M, 0.3), diagonal=1)
 
 
-def ref_field(x, means, cov, weights, eps=1e-6, cutoff=None):
-    """fr.field, with a whitening factor's Sigma = (M^T M)^-1 of its lower triangle."""
-    if cov.dim() == 3:
-        M = torch.tril(cov.to(F64))
-        sigma = torch.linalg.inv(M.mT @ M)
+def sigma_of_matrix(cov):
+    """A covariance matrix [N, 3, 3] (symmetric part of the cov_tril parameters' Sigma,
+    plus an antisymmetric part that the op must not read)."""
+    noise = torch.linspace(-0.2, 0.3, 9, dtype=F64).reshape(3, 3)
+    return fr.sigma_of(cov, 1e-6) + (noise - noise.mT)
+
+
+def ref_field(x, means, cov, weights, eps=1e-6, cutoff=None, mode=None):
+    """fr.field, with a whitening factor's Sigma = (M^T M)^-1 of its lower triangle, and a
+    covariance matrix's Sigma = (S + S^T) / 2 (no eps)."""
+    if mode in ("factor", "sigma"):
+        if mode == "factor":
+            M = torch.tril(cov.to(F64))
+            sigma = torch.linalg.inv(M.mT @ M)
+        else:
+            sigma = 0.5 * (cov.to(F64) + cov.to(F64).mT)
         L = torch.linalg.cholesky(sigma)
         cov6 = torch.stack([L[:, 0, 0].log(), L[:, 1, 0], L[:, 1, 1].log(), L[:, 2, 0],
                             L[:, 2, 1], L[:, 2, 2].log()], -1)
@@ -43,17 +55,20 @@ def inputs(device, mode, B=6, N=4, seed=0, channels=None):
     x, m, c, w = make_inputs(B, N, "diag" if mode == "diag" else "full", F64, device, seed)
     if mode == "factor":
         c = factor_of(c.cpu()).to(device)
+    if mode == "sigma":
+        c = sigma_of_matrix(c.cpu()).to(device)
     if channels:
         w = w[:, None] * torch.linspace(-1.0, 2.0, channels, dtype=F64, device=device)
     return [x, m, c, w]
 
 
-def ours(cutoff=None):
-    return lambda x, m, c, w: gaussfield.gaussian_field(x, m, c, w, cutoff=cutoff)
+def ours(cutoff=None, mode=None):
+    whitened = mode == "factor"
+    return lambda x, m, c, w: gaussfield.gaussian_field(x, m, c, w, cutoff=cutoff, whitened=whitened)
 
 
-def theirs(cutoff=None):
-    return lambda x, m, c, w: ref_field(x, m, c, w, cutoff=cutoff)
+def theirs(cutoff=None, mode=None):
+    return lambda x, m, c, w: ref_field(x, m, c, w, cutoff=cutoff, mode=mode)
 
 
 def close(a, b, rtol=RTOL, what=""):
@@ -88,7 +103,7 @@ def no_vmap_fallback():
 @pytest.mark.parametrize("which", range(4), ids=NAMES)
 def test_func_grad_jacrev_vjp(device, mode, which):
     ins = inputs(device, mode, seed=which)
-    f, r = on(ours(), ins, which), on(theirs(), ins, which)
+    f, r = on(ours(mode=mode), ins, which), on(theirs(mode=mode), ins, which)
     t = ins[which]
     close(grad(lambda y: f(y).sum())(t), grad(lambda y: r(y).sum())(t), what="grad")
     close(jacrev(f)(t), jacrev(r)(t), what="jacrev")
@@ -103,7 +118,7 @@ def test_func_grad_jacrev_vjp(device, mode, which):
 @pytest.mark.parametrize("which", range(4), ids=NAMES)
 def test_func_jvp_jacfwd(device, mode, which):
     ins = inputs(device, mode, seed=10 + which)
-    f, r = on(ours(), ins, which), on(theirs(), ins, which)
+    f, r = on(ours(mode=mode), ins, which), on(theirs(mode=mode), ins, which)
     t = ins[which]
     tangent = torch.randn_like(t)
     va, ta = jvp(f, (t,), (tangent,))
@@ -118,7 +133,7 @@ def test_func_jvp_jacfwd(device, mode, which):
 @pytest.mark.parametrize("which", range(4), ids=NAMES)
 def test_hessian(device, mode, which):
     ins = inputs(device, mode, B=4, N=3, seed=20 + which)
-    f, r = on(ours(), ins, which), on(theirs(), ins, which)
+    f, r = on(ours(mode=mode), ins, which), on(theirs(mode=mode), ins, which)
     t = ins[which]
     close(hessian(lambda y: f(y).sum())(t), hessian(lambda y: r(y).sum())(t), what="hessian")
     # and reverse-over-reverse
@@ -166,9 +181,9 @@ def test_forward_ad_every_input(device, mode, channels):
     tangents = [torch.randn_like(t) for t in ins]
     with fwAD.dual_level():
         duals = [fwAD.make_dual(t, dt) for t, dt in zip(ins, tangents)]
-        out = gaussfield.gaussian_field(*duals)
+        out = ours(mode=mode)(*duals)
         value, tangent = fwAD.unpack_dual(out)
-    want_v, want_t = jvp(theirs(), tuple(ins), tuple(tangents))
+    want_v, want_t = jvp(theirs(mode=mode), tuple(ins), tuple(tangents))
     close(value, want_v, what="value")
     close(tangent, want_t, what="tangent")
     # one input at a time
@@ -176,8 +191,8 @@ def test_forward_ad_every_input(device, mode, channels):
         with fwAD.dual_level():
             args = list(ins)
             args[which] = fwAD.make_dual(ins[which], tangents[which])
-            t = fwAD.unpack_dual(gaussfield.gaussian_field(*args)).tangent
-        close(t, jvp(on(theirs(), ins, which), (ins[which],), (tangents[which],))[1],
+            t = fwAD.unpack_dual(ours(mode=mode)(*args)).tangent
+        close(t, jvp(on(theirs(mode=mode), ins, which), (ins[which],), (tangents[which],))[1],
               what=f"tangent of {NAMES[which]}")
 
 
@@ -196,8 +211,8 @@ def test_double_backward_eikonal(device, mode, cutoff, channels):
     ins = inputs(device, mode, seed=5, channels=channels)
     a = [t.clone().requires_grad_() for t in ins]
     b = [t.clone().requires_grad_() for t in ins]
-    ga = torch.autograd.grad(loss(ours(cutoff), *a), a)
-    gb = torch.autograd.grad(loss(theirs(cutoff), *b), b)
+    ga = torch.autograd.grad(loss(ours(cutoff, mode), *a), a)
+    gb = torch.autograd.grad(loss(theirs(cutoff, mode), *b), b)
     for name, u, v in zip(NAMES, ga, gb):
         close(u, v, what=f"d eikonal / d {name}")
 
@@ -206,12 +221,12 @@ def test_double_backward_eikonal(device, mode, cutoff, channels):
 @pytest.mark.parametrize("mode", MODES3)
 def test_gradgradcheck(device, mode):
     ins = [t.requires_grad_() for t in inputs(device, mode, B=5, N=3, seed=6)]
-    assert torch.autograd.gradcheck(gaussfield.gaussian_field, tuple(ins))
-    assert torch.autograd.gradgradcheck(gaussfield.gaussian_field, tuple(ins))
+    assert torch.autograd.gradcheck(ours(mode=mode), tuple(ins))
+    assert torch.autograd.gradgradcheck(ours(mode=mode), tuple(ins))
     # the backward op called directly is differentiable too
     g = torch.randn(5, dtype=F64, device=device, requires_grad=True)
     bk = lambda g, x, m, c, w: torch.ops.gaussfield.gaussian_field_backward(  # noqa: E731
-        g, x, m, c, w, 1e-6, None, [True] * 4)
+        g, x, m, c, w, 1e-6, None, [True] * 4, whitened=mode == "factor")
     assert torch.autograd.gradcheck(bk, (g, *ins))
 
 
@@ -241,7 +256,7 @@ def test_third_order_raises(device):
     g = torch.randn(6, dtype=F64, device=device)
     M = factor_of(c.cpu()).to(device)
     bk = lambda y: torch.ops.gaussfield.gaussian_field_backward(  # noqa: E731
-        g, y, m, M, w, 1e-6, None, [True, False, False, False])[0]
+        g, y, m, M, w, 1e-6, None, [True, False, False, False], whitened=True)[0]
     with pytest.raises(RuntimeError, match="third derivatives are not supported"):
         jacfwd(jacrev(bk))(x.detach())
     db = lambda y: torch.ops.gaussfield.gaussian_field_double_backward(  # noqa: E731
@@ -258,10 +273,11 @@ def test_third_order_raises(device):
 def test_opcheck_every_op(device, channels):
     x, m, c, w = inputs(device, "factor", seed=8, channels=channels)
     plain = [x, m, c, w]
-    torch.library.opcheck(torch.ops.gaussfield.gaussian_field.default, (*plain, 1e-6))
+    named = {"whitened": True}
+    torch.library.opcheck(torch.ops.gaussfield.gaussian_field.default, (*plain, 1e-6), named)
     go = torch.randn(x.shape[:-1] + w.shape[1:], dtype=F64, device=device)
     torch.library.opcheck(torch.ops.gaussfield.gaussian_field_backward.default,
-                          (go, *plain, 1e-6, None, [True, True, True, True]))
+                          (go, *plain, 1e-6, None, [True, True, True, True]), named)
     dirs = [torch.randn_like(t) for t in plain]
     torch.library.opcheck(torch.ops.gaussfield.gaussian_field_double_backward.default,
                           (go, *plain, 1e-6, None, *dirs, [True] * 5))
@@ -287,8 +303,8 @@ def test_double_backward_op_refuses_cov_parameters():
 def test_factor_ignores_upper_triangle():
     x, m, c, w = inputs("cpu", "factor")
     c.requires_grad_()
-    out = gaussfield.gaussian_field(x, m, c, w)
-    same = gaussfield.gaussian_field(x, m, torch.tril(c.detach()), w)
+    out = gaussfield.gaussian_field(x, m, c, w, whitened=True)
+    same = gaussfield.gaussian_field(x, m, torch.tril(c.detach()), w, whitened=True)
     assert torch.equal(out.detach(), same)
     (gc,) = torch.autograd.grad(out.sum(), c)
     assert torch.equal(torch.triu(gc, diagonal=1), torch.zeros_like(gc))

@@ -1,9 +1,11 @@
 """torch.compile(fullgraph=True) traces the op and its backward without a graph break
-and gives the eager result."""
+and gives the eager result, for every parameterisation (a covariance matrix Sigma and
+the named factor too)."""
 import pytest
 import torch
 
 import gaussfield
+import field_reference as fr
 from conftest import DEVICES, MODES, make_inputs
 
 
@@ -41,3 +43,24 @@ def test_compiled_function_dynamic_shapes(device):
         want = torch.autograd.grad(gaussfield.gaussian_field(*ins).square().sum(), ins)
         for a, e in zip(got, want):
             torch.testing.assert_close(a, e)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("whitened", [False, True], ids=["sigma", "factor"])
+def test_compiled_matrix_modes(device, whitened):
+    """cov [N, 3, 3] as a covariance matrix (its eager positive-definiteness check is not
+    traced) and as the factor named by whitened=True, with a cutoff (the culled node)."""
+    x, means, cov, w = make_inputs(30, 7, "full", torch.float64, device, 16)
+    sigma = fr.sigma_of(cov.cpu(), 1e-6).to(device)
+    cov = torch.linalg.inv(torch.linalg.cholesky(sigma)) if whitened else sigma
+    ins = [t.clone().requires_grad_() for t in (x, means, cov, w)]
+
+    def loss(x, m, c, w):
+        return gaussfield.gaussian_field(x, m, c, w, cutoff=3.0, whitened=whitened).square().sum()
+
+    torch._dynamo.reset()
+    compiled = torch.compile(loss, fullgraph=True)
+    got = torch.autograd.grad(compiled(*ins), ins)
+    want = torch.autograd.grad(loss(*ins), ins)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)

@@ -23,7 +23,7 @@ def good(mode="full", dtype=torch.float64, device="cpu"):
         (1, torch.rand(4), r"means must have shape \[N, 3\], got \[4\]"),
         (2, torch.rand(4, 5), r"cov must have shape \[N, 6\] \(full covariance, cov_tril\), \[N, 3\] "
                               r"\(diagonal, log_scales\), \[N, 7\] \(rotation quaternion .* or \[N, 3, 3\]"),
-        (2, torch.rand(4, 3, 2), r"cov must have shape .* or \[N, 3, 3\] \(a whitening factor"),
+        (2, torch.rand(4, 3, 2), r"cov must have shape .* or \[N, 3, 3\] with whitened=True \(the whitening factor M\)"),
         (2, torch.rand(3, 6), r"cov must have N = 4 rows as in means, got \[3, 6\]"),
         (3, torch.rand(5), r"weights must have shape \[N\] or \[N, C\] with N = 4 as in means, got \[5\]"),
         (3, torch.rand(4, 1, 2), r"weights must have shape \[N\] or \[N, C\] with N = 4 as in means, got \[4, 1, 2\]"),
@@ -168,3 +168,49 @@ def test_nan_propagates():
     means[2, 1] = float("nan")
     out = f(x, means, cov, weights)
     assert torch.isnan(out).all()
+
+
+# ---- what cov means is named, never read from a shape two ways ----------------------------
+
+def _factor(c):
+    """A whitening factor [N, 3, 3] of cov_tril parameters (eps 0)."""
+    from field_reference import sigma_of
+    return torch.linalg.inv(torch.linalg.cholesky(sigma_of(c, 0.0)))
+
+
+def test_whitened_true_takes_the_factor():
+    x, m, c, w = good()
+    M = _factor(c)
+    assert torch.equal(f(x, m, M, w, whitened=True), f(x, m, M, w, eps=0.0, whitened=True))
+    torch.testing.assert_close(f(x, m, M, w, whitened=True), f(x, m, c, w, eps=0.0),
+                               rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("shape", [(4, 6), (4, 3), (4, 7), (4, 9), (4, 3, 2)])
+def test_whitened_true_with_another_shape_is_an_error(shape):
+    x, m, _, w = good()
+    with pytest.raises(RuntimeError, match=r"with whitened=True, cov must be the whitening "
+                                           r"factor M \[N, 3, 3\]"):
+        f(x, m, torch.rand(shape, dtype=torch.float64), w, whitened=True)
+    with pytest.raises(RuntimeError, match=r"with whitened=True, cov must be the whitening factor"):
+        torch.ops.gaussfield.gaussian_field_backward(
+            torch.ones(5, dtype=torch.float64), x, m, torch.rand(shape, dtype=torch.float64), w,
+            1e-6, None, [True] * 4, whitened=True)
+
+
+def test_an_unnamed_matrix_is_sigma():
+    """[N, 3, 3] without whitened is a covariance matrix, never the factor: Sigma's field
+    (the factor M read as Sigma would give another, or be refused)."""
+    x, m, c, w = good()
+    from field_reference import sigma_of
+    sigma = sigma_of(c, 1e-6)
+    torch.testing.assert_close(f(x, m, sigma, w), f(x, m, c, w), rtol=1e-12, atol=1e-14)
+    # the factor unnamed is read as Sigma: the field of (M + M^T) / 2, not of M
+    M = _factor(c)
+    sym = 0.5 * (M + M.mT)
+    if bool((torch.linalg.eigvalsh(sym) > 0).all()):
+        torch.testing.assert_close(f(x, m, M, w), f(x, m, sym, w), rtol=0, atol=0)
+        assert not torch.allclose(f(x, m, M, w), f(x, m, M, w, whitened=True))
+    else:
+        with pytest.raises(ValueError, match="pass whitened=True"):
+            f(x, m, M, w)

@@ -17,7 +17,7 @@ namespace {
 
 at::Tensor gaussian_field_autocast(const at::Tensor& x, const at::Tensor& means,
                                    const at::Tensor& cov, const at::Tensor& weights, double eps,
-                                   std::optional<double> cutoff) {
+                                   std::optional<double> cutoff, bool whitened) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const bool wide = x.scalar_type() == at::kDouble || means.scalar_type() == at::kDouble ||
                     cov.scalar_type() == at::kDouble || weights.scalar_type() == at::kDouble;
@@ -26,8 +26,9 @@ at::Tensor gaussian_field_autocast(const at::Tensor& x, const at::Tensor& means,
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("gaussfield::gaussian_field", "")
                        .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                         const at::Tensor&, double, std::optional<double>)>();
-  return op.call(cast(x), cast(means), cast(cov), cast(weights), eps, cutoff);
+                                         const at::Tensor&, double, std::optional<double>,
+                                         bool)>();
+  return op.call(cast(x), cast(means), cast(cov), cast(weights), eps, cutoff, whitened);
 }
 
 }  // namespace

@@ -15,37 +15,40 @@ using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 at::Tensor forward_op(const at::Tensor& x, const at::Tensor& means, const at::Tensor& cov,
-                      const at::Tensor& weights, double eps, std::optional<double> cutoff) {
+                      const at::Tensor& weights, double eps, std::optional<double> cutoff,
+                      bool whitened) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("gaussfield::gaussian_field", "")
                        .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                         const at::Tensor&, double, std::optional<double>)>();
-  return op.call(x, means, cov, weights, eps, cutoff);
+                                         const at::Tensor&, double, std::optional<double>,
+                                         bool)>();
+  return op.call(x, means, cov, weights, eps, cutoff, whitened);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_op(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& means,
     const at::Tensor& cov, const at::Tensor& weights, double eps, std::optional<double> cutoff,
-    std::array<bool, 4> mask) {
+    std::array<bool, 4> mask, bool whitened) {
   static auto op =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("gaussfield::gaussian_field_backward", "")
           .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
               const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-              const at::Tensor&, double, std::optional<double>, std::array<bool, 4>)>();
-  return op.call(grad_out, x, means, cov, weights, eps, cutoff, mask);
+              const at::Tensor&, double, std::optional<double>, std::array<bool, 4>, bool)>();
+  return op.call(grad_out, x, means, cov, weights, eps, cutoff, mask, whitened);
 }
 
 class GaussianFieldFunction : public torch::autograd::Function<GaussianFieldFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& means,
                             const at::Tensor& cov, const at::Tensor& weights, double eps,
-                            std::optional<double> cutoff) {
+                            std::optional<double> cutoff, bool whitened) {
     at::AutoDispatchBelowADInplaceOrView below;
     ctx->save_for_backward({x, means, cov, weights});
     ctx->saved_data["eps"] = eps;
     ctx->saved_data["cutoff"] = cutoff;
-    return forward_op(x, means, cov, weights, eps, cutoff);
+    ctx->saved_data["whitened"] = whitened;
+    return forward_op(x, means, cov, weights, eps, cutoff, whitened);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
@@ -67,17 +70,18 @@ class GaussianFieldFunction : public torch::autograd::Function<GaussianFieldFunc
     auto grads = backward_op(grad_outputs[0], saved[0], saved[1], saved[2], saved[3],
                              ctx->saved_data["eps"].toDouble(),
                              cut.isNone() ? std::nullopt : std::optional<double>(cut.toDouble()),
-                             mask);
+                             mask, ctx->saved_data["whitened"].toBool());
     return {std::get<0>(grads), std::get<1>(grads), std::get<2>(grads), std::get<3>(grads),
-            at::Tensor(), at::Tensor()};
+            at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
 }  // namespace
 
 at::Tensor gaussian_field(const at::Tensor& x, const at::Tensor& means, const at::Tensor& cov,
-                          const at::Tensor& weights, double eps, std::optional<double> cutoff) {
-  return GaussianFieldFunction::apply(x, means, cov, weights, eps, cutoff);
+                          const at::Tensor& weights, double eps, std::optional<double> cutoff,
+                          bool whitened) {
+  return GaussianFieldFunction::apply(x, means, cov, weights, eps, cutoff, whitened);
 }
 
 }  // namespace gaussfield

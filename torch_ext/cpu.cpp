@@ -211,9 +211,10 @@ at::Tensor structure_for(const gf_params& p, const at::Tensor& like, Culling mod
 
 at::Tensor gaussian_field_cpu(const at::Tensor& x, const at::Tensor& means,
                               const at::Tensor& cov, const at::Tensor& weights, double eps,
-                              std::optional<double> cutoff) {
-  Problem prob = make_problem(x, means, cov, weights, eps, cutoff);
+                              std::optional<double> cutoff, bool whitened) {
+  Problem prob = make_problem(x, means, cov, weights, eps, cutoff, whitened);
   gf_params& p = prob.params;
+  if (p.cov_mode == GF_COV_SIGMA) check_covariance_matrices(cov);
   at::Tensor out = allocate_output(x, weights, p);
   if (p.num_points == 0 || p.num_gaussians == 0) return out;
   at::Tensor records = records_for(p, x);
@@ -229,9 +230,10 @@ at::Tensor gaussian_field_cpu(const at::Tensor& x, const at::Tensor& means,
 // all, should_plan); where it is planned, its header says which path the build took.
 std::tuple<at::Tensor, at::Tensor> gaussian_field_culled_cpu(
     const at::Tensor& x, const at::Tensor& means, const at::Tensor& cov,
-    const at::Tensor& weights, double eps, double cutoff) {
-  Problem prob = make_problem(x, means, cov, weights, eps, cutoff);
+    const at::Tensor& weights, double eps, double cutoff, bool whitened) {
+  Problem prob = make_problem(x, means, cov, weights, eps, cutoff, whitened);
   gf_params& p = prob.params;
+  if (p.cov_mode == GF_COV_SIGMA) check_covariance_matrices(cov);
   at::Tensor out = allocate_output(x, weights, p);
   if (p.num_points == 0 || p.num_gaussians == 0)
     return {out, at::empty({0}, x.options().dtype(at::kByte))};
@@ -248,9 +250,9 @@ BackwardResult gaussian_field_backward_cpu(const at::Tensor& grad_out, const at:
                                            const at::Tensor& means, const at::Tensor& cov,
                                            const at::Tensor& weights, double eps,
                                            std::optional<double> cutoff,
-                                           std::array<bool, 4> output_mask) {
-  BackwardProblem bp =
-      make_backward_problem(grad_out, x, means, cov, weights, eps, cutoff, output_mask);
+                                           std::array<bool, 4> output_mask, bool whitened) {
+  BackwardProblem bp = make_backward_problem(grad_out, x, means, cov, weights, eps, cutoff,
+                                             whitened, output_mask);
   gf_params& p = bp.prob.params;
   if (bp.has_work) {
     at::Tensor records = records_for(p, x);
@@ -263,9 +265,9 @@ BackwardResult gaussian_field_backward_cpu(const at::Tensor& grad_out, const at:
 BackwardResult gaussian_field_culled_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& means,
     const at::Tensor& cov, const at::Tensor& weights, double eps, double cutoff,
-    const at::Tensor& structure, std::array<bool, 4> output_mask) {
-  BackwardProblem bp =
-      make_backward_problem(grad_out, x, means, cov, weights, eps, cutoff, output_mask);
+    const at::Tensor& structure, std::array<bool, 4> output_mask, bool whitened) {
+  BackwardProblem bp = make_backward_problem(grad_out, x, means, cov, weights, eps, cutoff,
+                                             whitened, output_mask);
   gf_params& p = bp.prob.params;
   check_structure_tensor(structure, structure.numel() > 0 ? structure_bytes_cpu(p) : 0, x);
   if (bp.has_work) {
@@ -308,8 +310,9 @@ SecondResult gaussian_field_double_backward_cpu(
 // it would not cull (no plan within the budget).  For benchmarks: how tight the culling is.
 std::vector<double> culling_stats_cpu(const at::Tensor& x, const at::Tensor& means,
                                       const at::Tensor& cov, const at::Tensor& weights,
-                                      double eps, double cutoff, double points_per_cell) {
-  Problem prob = make_problem(x, means, cov, weights, eps, cutoff);
+                                      double eps, double cutoff, double points_per_cell,
+                                      bool whitened) {
+  Problem prob = make_problem(x, means, cov, weights, eps, cutoff, whitened);
   gf_params& p = prob.params;
   if (p.num_points == 0 || p.num_gaussians == 0) return {};
   at::Tensor records = records_for(p, x);

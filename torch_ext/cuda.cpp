@@ -225,11 +225,20 @@ void dense_backward(const gf_params& p, const at::Tensor& like) {
              cuda_error, "backward");
 }
 
+// A covariance matrix Sigma's check (problem.h): eagerly, with a synchronisation; while
+// the stream is captured, none (a Gaussian that is not positive definite gives NaN).
+void check_sigma(const gf_params& p, const at::Tensor& x, const at::Tensor& cov) {
+  if (p.cov_mode != GF_COV_SIGMA) return;
+  const c10::cuda::CUDAGuard guard(x.device());
+  if (!capturing()) check_covariance_matrices(cov);
+}
+
 at::Tensor gaussian_field_cuda(const at::Tensor& x, const at::Tensor& means,
                                const at::Tensor& cov, const at::Tensor& weights, double eps,
-                               std::optional<double> cutoff) {
-  Problem prob = make_problem(x, means, cov, weights, eps, cutoff);
+                               std::optional<double> cutoff, bool whitened) {
+  Problem prob = make_problem(x, means, cov, weights, eps, cutoff, whitened);
   gf_params& p = prob.params;
+  check_sigma(p, x, cov);
   at::Tensor out = allocate_output(x, weights, p);
   if (p.num_points == 0 || p.num_gaussians == 0) return out;
   const c10::cuda::CUDAGuard guard(x.device());
@@ -250,9 +259,10 @@ at::Tensor gaussian_field_cuda(const at::Tensor& x, const at::Tensor& means,
 // problem is not culled at all (plans(): shapes and the switch, as the fake knows).
 std::tuple<at::Tensor, at::Tensor> gaussian_field_culled_cuda(
     const at::Tensor& x, const at::Tensor& means, const at::Tensor& cov,
-    const at::Tensor& weights, double eps, double cutoff) {
-  Problem prob = make_problem(x, means, cov, weights, eps, cutoff);
+    const at::Tensor& weights, double eps, double cutoff, bool whitened) {
+  Problem prob = make_problem(x, means, cov, weights, eps, cutoff, whitened);
   gf_params& p = prob.params;
+  check_sigma(p, x, cov);
   at::Tensor out = allocate_output(x, weights, p);
   const Culling mode = culling_mode();
   if (!plans(p, mode)) {
@@ -275,9 +285,9 @@ BackwardResult gaussian_field_backward_cuda(const at::Tensor& grad_out, const at
                                             const at::Tensor& means, const at::Tensor& cov,
                                             const at::Tensor& weights, double eps,
                                             std::optional<double> cutoff,
-                                            std::array<bool, 4> output_mask) {
-  BackwardProblem bp =
-      make_backward_problem(grad_out, x, means, cov, weights, eps, cutoff, output_mask);
+                                            std::array<bool, 4> output_mask, bool whitened) {
+  BackwardProblem bp = make_backward_problem(grad_out, x, means, cov, weights, eps, cutoff,
+                                             whitened, output_mask);
   gf_params& p = bp.prob.params;
   if (!bp.has_work) return bp.result();
   const c10::cuda::CUDAGuard guard(x.device());
@@ -298,9 +308,9 @@ BackwardResult gaussian_field_backward_cuda(const at::Tensor& grad_out, const at
 BackwardResult gaussian_field_culled_backward_cuda(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& means,
     const at::Tensor& cov, const at::Tensor& weights, double eps, double cutoff,
-    const at::Tensor& structure, std::array<bool, 4> output_mask) {
-  BackwardProblem bp =
-      make_backward_problem(grad_out, x, means, cov, weights, eps, cutoff, output_mask);
+    const at::Tensor& structure, std::array<bool, 4> output_mask, bool whitened) {
+  BackwardProblem bp = make_backward_problem(grad_out, x, means, cov, weights, eps, cutoff,
+                                             whitened, output_mask);
   gf_params& p = bp.prob.params;
   const gf_cull_config c = cuda_config(culling_mode());
   const bool culled = structure.numel() > 0;

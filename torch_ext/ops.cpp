@@ -1,10 +1,14 @@
 // ops.cpp - the schemas of the gaussfield ops, and the validation that both the CPU
 // and the CUDA implementations call before touching data.
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
+#include <mutex>
 
 #include "problem.h"
 
@@ -43,8 +47,107 @@ void set_input(const at::Tensor& t, const void** data, int64_t stride[2]) {
 
 }  // namespace
 
-bool is_whitening_factor(const at::Tensor& cov) {
+bool is_matrix_shape(const at::Tensor& cov) {
   return cov.dim() == 3 && cov.size(1) == 3 && cov.size(2) == 3;
+}
+
+gf_cov_mode cov_mode_of(const at::Tensor& cov, bool whitened) {
+  if (whitened) {
+    TORCH_CHECK(is_matrix_shape(cov),
+                "with whitened=True, cov must be the whitening factor M [N, 3, 3] (lower "
+                "triangular, Sigma^-1 = M^T M), got ", cov.sizes());
+    return GF_COV_WHITENED;
+  }
+  if (is_matrix_shape(cov)) return GF_COV_SIGMA;
+  TORCH_CHECK(cov.dim() == 2 && (cov.size(1) == 6 || cov.size(1) == 3 || cov.size(1) == 7),
+              "cov must have shape [N, 6] (full covariance, cov_tril), [N, 3] (diagonal, "
+              "log_scales), [N, 7] (rotation quaternion and log-scales, as 3D Gaussian "
+              "Splatting), [N, 3, 3] (a covariance matrix Sigma), or [N, 3, 3] with "
+              "whitened=True (the whitening factor M), got ",
+              cov.sizes());
+  return cov.size(1) == 6 ? GF_COV_FULL : cov.size(1) == 7 ? GF_COV_QUAT : GF_COV_DIAG;
+}
+
+namespace {
+
+// Whether Sigma = (S + S^T) / 2 of one row-major 3x3 S has finite entries and a pivot of
+// its Cholesky factor <= 0 (or NaN): csrc/gf_frontends.h's gf_whitening_of_covariance,
+// in the same double arithmetic, so that exactly the Gaussians the front-end makes NaN
+// are refused.
+bool refused(const double s[9]) {
+  for (int k = 0; k < 9; ++k)
+    if (!std::isfinite(s[k])) return false;
+  const double xx = s[0], yy = s[4], zz = s[8];
+  const double xy = 0.5 * (s[1] + s[3]), xz = 0.5 * (s[2] + s[6]), yz = 0.5 * (s[5] + s[7]);
+  const double k00 = std::sqrt(xx);
+  const double k10 = xy / k00, k20 = xz / k00;
+  const double p1 = yy - k10 * k10;
+  const double k21 = (yz - k20 * k10) / std::sqrt(p1);
+  const double p2 = zz - k20 * k20 - k21 * k21;
+  return !(xx > 0.0 && p1 > 0.0 && p2 > 0.0);
+}
+
+// The first refused Gaussian of a CPU cov, or -1: one pass, on torch's threads.
+int64_t first_refused_cpu(const at::Tensor& cov) {
+  const int64_t n = cov.size(0);
+  int64_t first = -1;
+  std::mutex mutex;
+  AT_DISPATCH_FLOATING_TYPES(cov.scalar_type(), "check_covariance_matrices", [&] {
+    const scalar_t* base = cov.const_data_ptr<scalar_t>();
+    const int64_t s0 = cov.stride(0), s1 = cov.stride(1), s2 = cov.stride(2);
+    at::parallel_for(0, n, 4096, [&](int64_t begin, int64_t end) {
+      for (int64_t g = begin; g < end; ++g) {
+        double v[9];
+        for (int i = 0; i < 3; ++i)
+          for (int j = 0; j < 3; ++j) v[3 * i + j] = double(base[g * s0 + i * s1 + j * s2]);
+        if (!refused(v)) continue;
+        std::lock_guard<std::mutex> lock(mutex);
+        if (first < 0 || g < first) first = g;
+        return;  // the rest of this range cannot come first
+      }
+    });
+  });
+  return first;
+}
+
+// The same on another device, in ATen (one synchronisation, for the answer).
+int64_t first_refused_device(const at::Tensor& cov) {
+  const at::Tensor s = cov.to(at::kDouble);
+  auto at_ = [&](int i, int j) { return s.select(1, i).select(1, j); };
+  const at::Tensor xx = at_(0, 0), yy = at_(1, 1), zz = at_(2, 2);
+  const at::Tensor xy = 0.5 * (at_(0, 1) + at_(1, 0));
+  const at::Tensor xz = 0.5 * (at_(0, 2) + at_(2, 0));
+  const at::Tensor yz = 0.5 * (at_(1, 2) + at_(2, 1));
+  const at::Tensor k00 = xx.sqrt();
+  const at::Tensor k10 = xy / k00, k20 = xz / k00;
+  const at::Tensor p1 = yy - k10 * k10;
+  const at::Tensor k21 = (yz - k20 * k10) / p1.sqrt();
+  const at::Tensor p2 = zz - k20 * k20 - k21 * k21;
+  const at::Tensor positive = xx.gt(0) & p1.gt(0) & p2.gt(0);
+  const at::Tensor bad = positive.logical_not() & s.isfinite().flatten(1).all(1);
+  // the first bad index, or -1, in one value: one synchronisation
+  const at::Tensor index = at::arange(s.size(0), bad.options().dtype(at::kLong));
+  const at::Tensor masked = at::where(bad, index, at::full_like(index, s.size(0)));
+  const int64_t first = masked.min().item<int64_t>();
+  return first < s.size(0) ? first : -1;
+}
+
+}  // namespace
+
+void check_covariance_matrices(const at::Tensor& cov) {
+  if (cov.size(0) == 0) return;
+  at::NoGradGuard no_grad;
+  const at::Tensor c = cov.detach();
+  const int64_t n = c.is_cpu() ? first_refused_cpu(c) : first_refused_device(c);
+  if (n < 0) return;
+  const at::Tensor row = c.select(0, n).to(at::kCPU, at::kDouble).contiguous();
+  const double* v = row.const_data_ptr<double>();
+  TORCH_CHECK_VALUE(false, "cov: the covariance matrix Sigma of Gaussian ", n,
+                    " is not positive definite (its symmetric part has no Cholesky factor in "
+                    "float64): [[", v[0], ", ", v[1], ", ", v[2], "], [", v[3], ", ", v[4], ", ",
+                    v[5], "], [", v[6], ", ", v[7], ", ", v[8],
+                    "]]. If cov is a whitening factor M, pass whitened=True (gaussfield 0.2 "
+                    "reads an unnamed [N, 3, 3] as Sigma)");
 }
 
 std::optional<at::ScalarType> promoted_dtype(std::initializer_list<NamedTensor> inputs) {
@@ -69,7 +172,7 @@ at::DimVector output_shape(const at::Tensor& x, const at::Tensor& weights) {
 
 Problem make_problem(const at::Tensor& x, const at::Tensor& means, const at::Tensor& cov,
                      const at::Tensor& weights, double eps, std::optional<double> cutoff,
-                     const at::Tensor& grad_out) {
+                     bool whitened, const at::Tensor& grad_out) {
   TORCH_CHECK(x.defined() && means.defined() && cov.defined() && weights.defined(),
               "gaussfield: x, means, cov and weights must all be tensors");
   TORCH_CHECK(x.dim() >= 1 && x.size(-1) == 3, "x must have shape [..., 3], got ",
@@ -77,14 +180,7 @@ Problem make_problem(const at::Tensor& x, const at::Tensor& means, const at::Ten
   TORCH_CHECK(means.dim() == 2 && means.size(1) == 3, "means must have shape [N, 3], got ",
               means.sizes());
   const int64_t n = means.size(0);
-  const bool whitened = is_whitening_factor(cov);
-  TORCH_CHECK(whitened || (cov.dim() == 2 && (cov.size(1) == 6 || cov.size(1) == 3 ||
-                                                cov.size(1) == 7)),
-              "cov must have shape [N, 6] (full covariance, cov_tril), [N, 3] (diagonal, "
-              "log_scales), [N, 7] (rotation quaternion and log-scales, as 3D Gaussian "
-              "Splatting) or [N, 3, 3] (a whitening factor M, lower triangular, with "
-              "Sigma^-1 = M^T M), got ",
-              cov.sizes());
+  const gf_cov_mode mode = cov_mode_of(cov, whitened);
   TORCH_CHECK(cov.size(0) == n, "cov must have N = ", n, " rows as in means, got ",
               cov.sizes());
   TORCH_CHECK((weights.dim() == 1 || weights.dim() == 2) && weights.size(0) == n,
@@ -117,10 +213,7 @@ Problem make_problem(const at::Tensor& x, const at::Tensor& means, const at::Ten
   gf_params& p = prob.params;
   p = gf_params{};
   p.dtype = to_gf_dtype(x.scalar_type());
-  p.cov_mode = whitened            ? GF_COV_WHITENED
-               : cov.size(1) == 6  ? GF_COV_FULL
-               : cov.size(1) == 7  ? GF_COV_QUAT
-                                   : GF_COV_DIAG;
+  p.cov_mode = mode;
   p.eps = eps;
   p.cutoff = cutoff.has_value() ? *cutoff : 0.0;  // 0: no cutoff
   p.num_points = prob.x2d.size(0);
@@ -128,8 +221,8 @@ Problem make_problem(const at::Tensor& x, const at::Tensor& means, const at::Ten
   p.num_channels = channels;
   set_input(prob.x2d, &p.x, p.x_stride);
   set_input(means, &p.means, p.means_stride);
-  // a whitening factor [N, 3, 3] as rows of 9 (a view wherever one exists)
-  prob.cov2d = whitened ? cov.reshape({n, 9}) : cov;
+  // a 3x3 matrix per Gaussian as rows of 9 (a view wherever one exists)
+  prob.cov2d = cov.dim() == 3 ? cov.reshape({n, 9}) : cov;
   set_input(prob.cov2d, &p.cov, p.cov_stride);
   set_input(weights, &p.weights, p.weights_stride);
   if (grad_out.defined()) {
@@ -162,16 +255,17 @@ SecondProblem make_second_problem(const std::optional<at::Tensor>& grad_out, con
                                   const std::optional<at::Tensor>& dir_cov,
                                   const std::optional<at::Tensor>& dir_weights,
                                   std::array<bool, 5> output_mask) {
-  TORCH_CHECK(is_whitening_factor(cov),
+  TORCH_CHECK(is_matrix_shape(cov),
               "gaussian_field_double_backward: cov must be a whitening factor [N, 3, 3] (the "
-              "parameterisations' own derivatives are applied around the op), got ",
+              "op takes factors only; the parameterisations' own derivatives are applied "
+              "around it), got ",
               cov.sizes());
   const bool needs_grad_out =
       output_mask[1] || output_mask[2] || output_mask[3] || output_mask[4];
   TORCH_CHECK(grad_out.has_value() || !needs_grad_out,
               "gaussian_field_double_backward: grad_out is needed for the gradients of x, "
               "means, cov and weights");
-  Problem prob = make_problem(x, means, cov, weights, eps, cutoff,
+  Problem prob = make_problem(x, means, cov, weights, eps, cutoff, /*whitened=*/true,
                               grad_out.has_value() ? *grad_out : at::Tensor());
   gf_params& p = prob.params;
   auto check_dir = [&](const std::optional<at::Tensor>& d, const at::Tensor& like,
@@ -256,9 +350,10 @@ void set_grad_outputs(gf_params& p, const std::array<at::Tensor, 4>& grads) {
 BackwardProblem make_backward_problem(const at::Tensor& grad_out, const at::Tensor& x,
                                       const at::Tensor& means, const at::Tensor& cov,
                                       const at::Tensor& weights, double eps,
-                                      std::optional<double> cutoff,
+                                      std::optional<double> cutoff, bool whitened,
                                       std::array<bool, 4> output_mask) {
-  BackwardProblem b{make_problem(x, means, cov, weights, eps, cutoff, grad_out), {}, false};
+  BackwardProblem b{make_problem(x, means, cov, weights, eps, cutoff, whitened, grad_out), {},
+                    false};
   gf_params& p = b.prob.params;
   b.grads = allocate_grads(x, means, cov, weights, p, output_mask);
   set_grad_outputs(p, b.grads);
@@ -288,16 +383,22 @@ void check_status(gf_status status, const char* what) {
 #define GF_STR(x) GF_STR_(x)
 
 TORCH_LIBRARY(gaussfield, m) {
+  // What cov means is said by the schema, never by its shape alone: `whitened` (keyword
+  // only) names the whitening factor M [N, 3, 3]; without it cov is one of the
+  // parameterisations (csrc/gaussfield.h, gf_cov_mode).
   m.def(
       "gaussian_field(Tensor x, Tensor means, Tensor cov, Tensor weights, "
-      "float eps=" GF_STR(GF_DEFAULT_EPS) ", float? cutoff=None) -> Tensor");
+      "float eps=" GF_STR(GF_DEFAULT_EPS) ", float? cutoff=None, *, bool whitened=False) -> "
+      "Tensor");
   m.def(
       "gaussian_field_backward(Tensor grad_out, Tensor x, Tensor means, Tensor cov, "
-      "Tensor weights, float eps, float? cutoff, bool[4] output_mask) -> (Tensor, Tensor, "
-      "Tensor, Tensor)");
-  // The derivative of gaussian_field_backward (and, through its first output, forward
-  // mode): see csrc/gaussfield.h, "Second order".  cov is a whitening factor [N, 3, 3];
-  // a direction that is None counts as zero; outputs not in output_mask are None.
+      "Tensor weights, float eps, float? cutoff, bool[4] output_mask, *, "
+      "bool whitened=False) -> (Tensor, Tensor, Tensor, Tensor)");
+  // The derivative of gaussian_field_backward at a whitening factor (and, through its
+  // first output, forward mode): see csrc/gaussfield.h, "Second order".  It takes
+  // factors only: cov is always the whitening factor M [N, 3, 3] (what
+  // gaussian_field_backward takes with whitened=True), dir_cov a direction of it; a
+  // direction that is None counts as zero; outputs not in output_mask are None.
   m.def(
       "gaussian_field_double_backward(Tensor? grad_out, Tensor x, Tensor means, Tensor cov, "
       "Tensor weights, float eps, float? cutoff, Tensor? dir_x, Tensor? dir_means, "
@@ -310,14 +411,14 @@ TORCH_LIBRARY(gaussfield, m) {
   // API and direct calls keep planning their own.
   m.def(
       "_gaussian_field_culled(Tensor x, Tensor means, Tensor cov, Tensor weights, float eps, "
-      "float cutoff) -> (Tensor, Tensor)");
+      "float cutoff, *, bool whitened=False) -> (Tensor, Tensor)");
   m.def(
       "_gaussian_field_culled_backward(Tensor grad_out, Tensor x, Tensor means, Tensor cov, "
-      "Tensor weights, float eps, float cutoff, Tensor structure, bool[4] output_mask) -> "
-      "(Tensor, Tensor, Tensor, Tensor)");
+      "Tensor weights, float eps, float cutoff, Tensor structure, bool[4] output_mask, *, "
+      "bool whitened=False) -> (Tensor, Tensor, Tensor, Tensor)");
   // Benchmarks' view of the culling plan (CPU tensors; see cpu.cpp): not part of the
   // differentiable API.
   m.def(
       "_culling_stats(Tensor x, Tensor means, Tensor cov, Tensor weights, float eps, "
-      "float cutoff, float points_per_cell) -> float[]");
+      "float cutoff, float points_per_cell, *, bool whitened=False) -> float[]");
 }

@@ -21,21 +21,39 @@ namespace gaussfield {
 struct Problem {
   at::Tensor x2d;
   at::Tensor grad_out_flat;
-  at::Tensor cov2d;  // cov, or a whitening factor viewed as [N, 9]
+  at::Tensor cov2d;  // cov, or a 3x3 matrix per Gaussian viewed as [N, 9]
   at::Tensor dir_x2d, dir_cov2d;  // the double backward's directions, likewise
   gf_params params;  // inputs filled in, outputs NULL
 };
 
-// cov of shape [N, 3, 3]: a whitening factor M (GF_COV_WHITENED), read by the C core as
-// rows of 9 (the entries above the diagonal are not read; their gradient is 0).
-bool is_whitening_factor(const at::Tensor& cov);
+// Whether cov has the shape of a 3x3 matrix per Gaussian, [N, 3, 3].
+bool is_matrix_shape(const at::Tensor& cov);
+
+// The parameterisation of cov, as the ops' `whitened` argument and cov's shape say it
+// (throws a c10::Error naming cov otherwise): with whitened, cov must be the whitening
+// factor M [N, 3, 3] (GF_COV_WHITENED, read by the C core as rows of 9; the entries
+// above the diagonal are not read and their gradient is 0); without it, [N, 6], [N, 3],
+// [N, 7] or a covariance matrix Sigma [N, 3, 3] (GF_COV_SIGMA, rows of 9, its symmetric
+// part read).  No shape is read two ways.
+gf_cov_mode cov_mode_of(const at::Tensor& cov, bool whitened);
+
+// For cov a covariance matrix Sigma [N, 3, 3] (GF_COV_SIGMA): throws a c10::ValueError
+// (Python's ValueError) naming the first Gaussian whose Sigma has finite entries and is
+// not positive definite in float64, by the C front-end's own criterion (a Cholesky pivot
+// of the symmetric part <= 0), which would give it a NaN whitening factor.  NaN and
+// infinite entries pass (the front-end's arithmetic decides: NaN gives NaN).  A pass
+// over N on cov's device and, on CUDA, one synchronisation: the forward ops call it in
+// eager use, never while a CUDA graph is captured (cuda.cpp), where such a Gaussian
+// gives NaN values; the backward ops do not call it.
+void check_covariance_matrices(const at::Tensor& cov);
 
 // Checks shapes, dtypes, devices, eps and cutoff of the forward's inputs and throws a
-// c10::Error naming the argument otherwise.  weights are [N] (one channel) or [N, C].
-// `grad_out`, when defined, is checked against the result's shape too (the backward).
+// c10::Error naming the argument otherwise.  weights are [N] (one channel) or [N, C];
+// `whitened` as in cov_mode_of.  `grad_out`, when defined, is checked against the
+// result's shape too (the backward).
 Problem make_problem(const at::Tensor& x, const at::Tensor& means, const at::Tensor& cov,
                      const at::Tensor& weights, double eps, std::optional<double> cutoff,
-                     const at::Tensor& grad_out = at::Tensor());
+                     bool whitened, const at::Tensor& grad_out = at::Tensor());
 
 // Outputs of the forward and the backward, allocated on x's device: the forward's
 // result has shape x.shape[:-1] (+ [C] for weights [N, C]); each wanted gradient has
@@ -64,7 +82,7 @@ struct BackwardProblem {
 BackwardProblem make_backward_problem(const at::Tensor& grad_out, const at::Tensor& x,
                                       const at::Tensor& means, const at::Tensor& cov,
                                       const at::Tensor& weights, double eps,
-                                      std::optional<double> cutoff,
+                                      std::optional<double> cutoff, bool whitened,
                                       std::array<bool, 4> output_mask);
 
 // Throws a c10::Error naming `structure` unless it is a culling structure of `bytes`
@@ -76,7 +94,8 @@ void check_status(gf_status status, const char* what);
 
 using SecondResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
-// The double backward's problem: make_problem's checks, cov a whitening factor, each
+// The double backward's problem: make_problem's checks, cov a whitening factor (the op
+// takes factors only: whitened, always), each
 // direction shaped like its input, and grad_out wherever an output but the first is
 // wanted; the directions' pointers filled in (NULL for None), the wanted outputs
 // allocated (zeros for empty sums: then has_work is false) and p's output pointers at
@@ -111,10 +130,11 @@ std::optional<at::ScalarType> promoted_dtype(std::initializer_list<NamedTensor> 
 // register, as forward_promoted<&impl>.
 template <auto Impl>
 at::Tensor forward_promoted(const at::Tensor& x, const at::Tensor& means, const at::Tensor& cov,
-                            const at::Tensor& weights, double eps, std::optional<double> cutoff) {
+                            const at::Tensor& weights, double eps, std::optional<double> cutoff,
+                            bool whitened) {
   const auto dt = promoted_dtype({{"x", &x}, {"means", &means}, {"cov", &cov}, {"weights", &weights}});
-  if (!dt) return Impl(x, means, cov, weights, eps, cutoff);
-  return Impl(x.to(*dt), means.to(*dt), cov.to(*dt), weights.to(*dt), eps, cutoff)
+  if (!dt) return Impl(x, means, cov, weights, eps, cutoff, whitened);
+  return Impl(x.to(*dt), means.to(*dt), cov.to(*dt), weights.to(*dt), eps, cutoff, whitened)
       .to(x.scalar_type());
 }
 
@@ -123,12 +143,13 @@ template <auto Impl>
 BackwardResult backward_promoted(const at::Tensor& grad_out, const at::Tensor& x,
                                  const at::Tensor& means, const at::Tensor& cov,
                                  const at::Tensor& weights, double eps,
-                                 std::optional<double> cutoff, std::array<bool, 4> output_mask) {
+                                 std::optional<double> cutoff, std::array<bool, 4> output_mask,
+                                 bool whitened) {
   const auto dt = promoted_dtype({{"grad_out", &grad_out}, {"x", &x}, {"means", &means},
                                   {"cov", &cov}, {"weights", &weights}});
   auto grads = dt ? Impl(grad_out.to(*dt), x.to(*dt), means.to(*dt), cov.to(*dt),
-                         weights.to(*dt), eps, cutoff, output_mask)
-                  : Impl(grad_out, x, means, cov, weights, eps, cutoff, output_mask);
+                         weights.to(*dt), eps, cutoff, output_mask, whitened)
+                  : Impl(grad_out, x, means, cov, weights, eps, cutoff, output_mask, whitened);
   auto back = [](const at::Tensor& g, const at::Tensor& like) {
     return g.defined() ? g.to(like.scalar_type()) : g;
   };

@@ -4,7 +4,8 @@
 // Part 1 calls the two ops by name through the dispatcher and checks them against the
 // closed form written with torch ops (its gradients from LibTorch's autograd).  Part 2
 // trains a field with loss.backward() through gaussfield::gaussian_field, the C++
-// autograd entry point (gaussfield.hpp), and checks its gradients the same way.
+// autograd entry point (gaussfield.hpp), and checks its gradients the same way.  Part 3
+// passes the same Gaussians as covariance matrices and as whitening factors.
 #include <torch/torch.h>
 
 #include "gaussfield.hpp"
@@ -12,15 +13,18 @@
 #include <array>
 #include <cstdio>
 #include <optional>
+#include <string>
 #include <tuple>
 
 namespace {
 
 using ForwardFn = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                             const at::Tensor&, double, std::optional<double>);
+                             const at::Tensor&, double, std::optional<double>,
+                             bool /* whitened */);
 using BackwardFn = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-    const at::Tensor&, double, std::optional<double>, std::array<bool, 4>);
+    const at::Tensor&, double, std::optional<double>, std::array<bool, 4>,
+    bool /* whitened */);
 
 // f(x) in closed form, full covariance (cov_tril) parameterisation.
 at::Tensor closed_form(const at::Tensor& x, const at::Tensor& means, const at::Tensor& cov,
@@ -65,12 +69,12 @@ int main() {
   at::Tensor f;
   {
     torch::NoGradGuard no_grad;
-    f = forward.call(x, means, cov, weights, eps, std::nullopt);
+    f = forward.call(x, means, cov, weights, eps, std::nullopt, /*whitened=*/false);
   }
   auto ref = closed_form(x, means, cov, weights, eps);
   auto grad_out = torch::randn({B}, opts);
   auto grads = backward.call(grad_out, x, means.detach(), cov.detach(), weights.detach(), eps,
-                             std::nullopt, {false, true, true, true});
+                             std::nullopt, {false, true, true, true}, /*whitened=*/false);
   auto ref_grads = torch::autograd::grad({ref}, {means, cov, weights}, {grad_out});
 
   const double errs[4] = {rel_err(f, ref.detach()), rel_err(std::get<1>(grads), ref_grads[0]),
@@ -127,6 +131,39 @@ int main() {
   if (!(last < 0.7 * first)) {
     std::printf("FAILED: the loss did not fall\n");
     return 1;
+  }
+
+  // Part 3: the same Gaussians as covariance matrices Sigma [N, 3, 3] and as whitening
+  // factors M (whitened = true): what cov means is said by name, never by its shape.
+  {
+    torch::NoGradGuard no_grad;
+    auto zero = torch::zeros_like(cov.select(1, 0));
+    auto L = torch::stack({torch::stack({cov.select(1, 0).exp(), zero, zero}, -1),
+                           torch::stack({cov.select(1, 1), cov.select(1, 2).exp(), zero}, -1),
+                           torch::stack({cov.select(1, 3), cov.select(1, 4), cov.select(1, 5).exp()}, -1)},
+                          -2);
+    auto sigma = L.matmul(L.transpose(-2, -1)) + eps * torch::eye(3, cov.options());
+    auto M = torch::linalg_inv(torch::linalg_cholesky(sigma));
+    auto want = gaussfield::gaussian_field(x, means, cov, weights, eps);
+    const double e_sigma = rel_err(gaussfield::gaussian_field(x, means, sigma, weights), want);
+    const double e_factor = rel_err(
+        gaussfield::gaussian_field(x, means, M, weights, eps, std::nullopt, /*whitened=*/true), want);
+    std::printf("Sigma [N, 3, 3]: error %.1e; the factor with whitened = true: error %.1e\n",
+                e_sigma, e_factor);
+    if (!(e_sigma < 1e-10 && e_factor < 1e-10)) {
+      std::printf("FAILED\n");
+      return 1;
+    }
+    bool refused = false;
+    try {  // a Sigma that is not positive definite is refused, naming the Gaussian
+      gaussfield::gaussian_field(x, means, -sigma, weights);
+    } catch (const c10::ValueError& e) {
+      refused = std::string(e.what()).find("is not positive definite") != std::string::npos;
+    }
+    if (!refused) {
+      std::printf("FAILED: a Sigma that is not positive definite was not refused\n");
+      return 1;
+    }
   }
   std::printf("ok\n");
   return 0;

@@ -37,7 +37,7 @@ from .notebook import fused_forward  # noqa: E402
 from .ops import culling_stats, gaussian_field  # noqa: E402
 from .reference import gaussian_field_reference, inverse_covariance  # noqa: E402
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "gaussian_field",

@@ -3,6 +3,8 @@ Python layer makes itself.  A leaf module (it imports nothing of gaussfield), so
 every other module can import it without an import circle."""
 import math
 
+import torch
+
 #: eps added to the diagonal of a full covariance (``Sigma = L L^T + eps * I``) when the
 #: caller gives none: the 1e-6 that the notebook's ``get_covariance`` adds.  The op
 #: schema's default is ``GF_DEFAULT_EPS`` (csrc/gaussfield.h), the same number.
@@ -20,3 +22,81 @@ def check_cutoff(cutoff) -> float:
     if not (math.isfinite(k) and k > 0):
         raise ValueError(f"cutoff must be None or a finite number > 0 (a Mahalanobis radius), got {cutoff!r}")
     return k
+
+
+# ---- covariance matrices (cov [N, 3, 3] without whitened) ------------------------------
+
+def symmetric_part(cov):
+    """``(S + S^T) / 2`` of ``cov`` ``[N, 3, 3]`` in float64: the Sigma that the op reads
+    from a covariance matrix (differentiable)."""
+    s = cov.double()
+    return 0.5 * (s + s.mT)
+
+
+def positive_definite(sigma):
+    """Bool ``[N]``: whether each symmetric ``sigma`` ``[N, 3, 3]`` (float64) is positive
+    definite by the C front-end's own test (csrc/gf_frontends.h,
+    gf_whitening_of_covariance: every Cholesky pivot > 0; a NaN pivot is not).  The
+    op gives a NaN whitening factor exactly where this is False."""
+    s = sigma.detach()
+    xx, yy, zz = s[..., 0, 0], s[..., 1, 1], s[..., 2, 2]
+    xy, xz, yz = s[..., 0, 1], s[..., 0, 2], s[..., 1, 2]
+    k00 = torch.sqrt(xx)
+    k10, k20 = xy / k00, xz / k00
+    p1 = yy - k10 * k10
+    k21 = (yz - k20 * k10) / torch.sqrt(p1)
+    p2 = zz - k20 * k20 - k21 * k21
+    return (xx > 0) & (p1 > 0) & (p2 > 0)
+
+
+def _unwrapped(t):
+    """(t without torch.func's wrappers, whether one was vmap's): a batched tensor's value
+    holds every sample, its batch dimension where vmap keeps it."""
+    try:
+        from torch._C import _functorch as F
+    except ImportError:  # pragma: no cover - depends on torch's internals
+        return t, False
+    batched = False
+    while F.is_functorch_wrapped_tensor(t):
+        batched = batched or F.is_batchedtensor(t)
+        t = F.get_unwrapped(t)
+    return t, batched
+
+
+def _eager(t):
+    """Whether a value of t may be read on the host here: not while torch.compile traces,
+    not for fake or meta tensors, not while a CUDA graph is being captured (reading would
+    synchronise, which capture forbids)."""
+    if torch.compiler.is_compiling():
+        return False
+    if t.device.type == "meta" or isinstance(t, torch._subclasses.FakeTensor):
+        return False
+    return not (t.device.type == "cuda" and torch.cuda.is_current_stream_capturing())
+
+
+def check_covariance_matrices(sigma):
+    """Raise a ValueError naming the first Gaussian whose ``sigma`` (``[N, 3, 3]``,
+    symmetric, float64) has finite entries and is not positive definite, as the op does
+    (torch_ext/ops.cpp, check_covariance_matrices), in eager use only (see ``_eager``):
+    elsewhere such a Gaussian gives NaN.  NaN and infinite entries pass.  Works under
+    torch.func's transforms (the test runs on every sample of a batch)."""
+    if torch.compiler.is_compiling() or sigma.shape[0] == 0 or not _eager(_unwrapped(sigma)[0]):
+        return
+    s = sigma.detach()
+    finite = torch.isfinite(s).flatten(-2).all(-1)
+    bad = finite & ~positive_definite(s)
+    # the first bad Gaussian's index, -1 for none (0-d: each sample's under vmap)
+    first = torch.where(bad.any(), torch.argmax(bad.to(torch.int32)), -1)
+    found = _unwrapped(first)[0].flatten()
+    found = found[found >= 0]
+    if found.numel() == 0:
+        return
+    n = int(found[0])
+    # its entries, where no vmap hides which sample it is in
+    plain, batched = _unwrapped(s)
+    values = "" if batched else f": {plain[n].tolist()}"
+    raise ValueError(
+        f"cov: the covariance matrix Sigma of Gaussian {n} is not positive definite (its "
+        f"symmetric part has no Cholesky factor in float64){values}. If cov is a "
+        "whitening factor M, pass whitened=True (gaussfield 0.2 reads an unnamed "
+        "[N, 3, 3] as Sigma)")

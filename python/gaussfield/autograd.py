@@ -2,25 +2,31 @@
 kernels, and the vmap batching rules.  The ops themselves are defined and implemented in
 C++ (``torch_ext/``); the Autocast kernels are there too.
 
-* ``gaussian_field(x, means, cov, weights, eps=1e-6, cutoff=None) -> Tensor``
-* ``gaussian_field_backward(grad_out, x, means, cov, weights, eps, cutoff, output_mask)
-  -> (grad_x, grad_means, grad_cov, grad_weights)``; a gradient whose ``output_mask``
-  entry is False is neither computed nor returned (``None``).
+* ``gaussian_field(x, means, cov, weights, eps=1e-6, cutoff=None, *, whitened=False)
+  -> Tensor``
+* ``gaussian_field_backward(grad_out, x, means, cov, weights, eps, cutoff, output_mask, *,
+  whitened=False) -> (grad_x, grad_means, grad_cov, grad_weights)``; a gradient whose
+  ``output_mask`` entry is False is neither computed nor returned (``None``).
 * ``gaussian_field_double_backward(grad_out, x, means, cov, weights, eps, cutoff, dir_x,
   dir_means, dir_cov, dir_weights, output_mask) -> (grad_grad_out, grad_x, grad_means,
   grad_cov, grad_weights)``: the derivative of the backward op along a direction of its
-  outputs, ``cov`` a whitening factor ``[N, 3, 3]`` (csrc/gaussfield.h, "Second order").
+  outputs.  It takes factors only: ``cov`` is always a whitening factor ``[N, 3, 3]``
+  (what the other ops take with ``whitened=True``; csrc/gaussfield.h, "Second order").
   Its first output alone is the forward-mode product (JVP) of ``gaussian_field``.
+
+What ``cov`` means is said by ``whitened``, never by its shape alone: every rule below
+that hands the ops a whitening factor says ``whitened=True``.
 
 How derivatives compose.  The pair kernels see a whitening factor ``M`` per Gaussian;
 the covariance parameterisations (``cov_tril``, ``log_scales``, the 3DGS quaternion
-form) are front-ends that map ``cov`` to ``M``.  First-order reverse mode runs fused: the ops apply the front-end and
-its derivative inside the kernels.  Everything of higher order (``create_graph=True``,
-forward mode, ``torch.func.grad`` / ``jacrev`` / ``jacfwd`` / ``hessian``) takes the
-front-end in plain PyTorch (:func:`gaussfield.frontends.whitening_factor`,
-differentiable to any order by PyTorch itself) and the ops in the whitened form, whose
-derivatives are the three ops above: forward -> backward -> double backward.  Third
-derivatives raise.
+form, a covariance matrix) are front-ends that map ``cov`` to ``M``.  First-order
+reverse mode runs fused: the ops apply the front-end and its derivative inside the
+kernels.  Everything of higher order (``create_graph=True``, forward mode,
+``torch.func.grad`` / ``jacrev`` / ``jacfwd`` / ``hessian``) takes the front-end in plain
+PyTorch (:func:`gaussfield.frontends.whitening_factor`, differentiable to any order by
+PyTorch itself; it checks a covariance matrix as the forward op does) and the ops in the
+whitened form (``whitened=True``), whose derivatives are the three ops above: forward
+-> backward -> double backward.  Third derivatives raise.
 
 The Autograd kernels are single-level autograd functions (PyTorch's own mechanism for
 functorch-aware functions, private API, guarded below): registered for every call
@@ -36,7 +42,7 @@ import threading
 import torch
 import torch.autograd.forward_ad as _forward_ad
 
-from .frontends import _factor_dtype, _is_factor, whitening_factor
+from .frontends import _factor_dtype, whitening_factor
 from ._common import DEFAULT_EPS
 
 _FORWARD = "gaussfield::gaussian_field"
@@ -84,14 +90,28 @@ def _result_shape(x, weights):
     return (*x.shape[:-1], *weights.shape[1:])
 
 
-def _check_inputs_fake(x, means, cov, weights, cutoff):
+def _is_matrix_shape(cov):
+    return cov.dim() == 3 and cov.shape[1] == 3 and cov.shape[2] == 3
+
+
+def _check_cov_fake(cov, whitened):
+    """torch_ext's cov_mode_of: the shape that ``whitened`` names (without it, [N, 3, 3]
+    is a covariance matrix)."""
+    if whitened:
+        torch._check(_is_matrix_shape(cov), lambda: (
+            f"with whitened=True, cov must be the whitening factor M [N, 3, 3], got {tuple(cov.shape)}"))
+        return
+    torch._check(_is_matrix_shape(cov) or (cov.dim() == 2 and cov.shape[1] in (3, 6, 7)), lambda: (
+        f"cov must have shape [N, 6], [N, 3], [N, 7], [N, 3, 3] (a covariance matrix), or "
+        f"[N, 3, 3] with whitened=True (the whitening factor M), got {tuple(cov.shape)}"))
+
+
+def _check_inputs_fake(x, means, cov, weights, cutoff, whitened):
     """The shape checks of torch_ext's make_problem, for compile and meta tensors."""
     torch._check(x.dim() >= 1 and x.shape[-1] == 3, lambda: f"x must have shape [..., 3], got {tuple(x.shape)}")
     torch._check(means.dim() == 2 and means.shape[1] == 3,
                  lambda: f"means must have shape [N, 3], got {tuple(means.shape)}")
-    whitened = cov.dim() == 3 and cov.shape[1] == 3 and cov.shape[2] == 3
-    torch._check(whitened or (cov.dim() == 2 and cov.shape[1] in (3, 6, 7)),
-                 lambda: f"cov must have shape [N, 6], [N, 3], [N, 7] or [N, 3, 3], got {tuple(cov.shape)}")
+    _check_cov_fake(cov, whitened)
     torch._check(cov.shape[0] == means.shape[0], lambda: "cov and means disagree on N")
     torch._check(weights.dim() in (1, 2), lambda: "weights must have shape [N] or [N, C]")
     torch._check(weights.shape[0] == means.shape[0], lambda: "weights and means disagree on N")
@@ -102,14 +122,16 @@ def _check_inputs_fake(x, means, cov, weights, cutoff):
 
 
 @torch.library.register_fake(_FORWARD)
-def _gaussian_field_fake(x, means, cov, weights, eps=DEFAULT_EPS, cutoff=None):
-    _check_inputs_fake(x, means, cov, weights, cutoff)
+def _gaussian_field_fake(x, means, cov, weights, eps=DEFAULT_EPS, cutoff=None, *,
+                         whitened=False):
+    _check_inputs_fake(x, means, cov, weights, cutoff, whitened)
     return x.new_empty(_result_shape(x, weights))
 
 
 @torch.library.register_fake(_BACKWARD)
-def _gaussian_field_backward_fake(grad_out, x, means, cov, weights, eps, cutoff, output_mask):
-    _check_inputs_fake(x, means, cov, weights, cutoff)
+def _gaussian_field_backward_fake(grad_out, x, means, cov, weights, eps, cutoff, output_mask, *,
+                                  whitened=False):
+    _check_inputs_fake(x, means, cov, weights, cutoff, whitened)
     torch._check(tuple(grad_out.shape) == _result_shape(x, weights),
                  lambda: "grad_out must have the shape of the result")
     return tuple(
@@ -121,8 +143,8 @@ def _gaussian_field_backward_fake(grad_out, x, means, cov, weights, eps, cutoff,
 @torch.library.register_fake(_SECOND)
 def _gaussian_field_double_backward_fake(grad_out, x, means, cov, weights, eps, cutoff, dir_x,
                                          dir_means, dir_cov, dir_weights, output_mask):
-    _check_inputs_fake(x, means, cov, weights, cutoff)
-    torch._check(cov.dim() == 3, lambda: "gaussian_field_double_backward: cov must be [N, 3, 3]")
+    # factors only: cov is always a whitening factor
+    _check_inputs_fake(x, means, cov, weights, cutoff, True)
     torch._check(grad_out is not None or not any(output_mask[1:]),
                  lambda: "gaussian_field_double_backward: grad_out is needed")
     for d, like in ((dir_x, x), (dir_means, means), (dir_cov, cov), (dir_weights, weights)):
@@ -191,8 +213,8 @@ def _cuda_structure_bytes(B, N, es, cells):
 
 
 @torch.library.register_fake(_CULLED)
-def _gaussian_field_culled_fake(x, means, cov, weights, eps, cutoff):
-    _check_inputs_fake(x, means, cov, weights, cutoff)
+def _gaussian_field_culled_fake(x, means, cov, weights, eps, cutoff, *, whitened=False):
+    _check_inputs_fake(x, means, cov, weights, cutoff, whitened)
     device_type = x.device.type if x.device.type in _POINTS_PER_CELL else "cpu"
     return (x.new_empty(_result_shape(x, weights)),
             x.new_empty((_structure_bytes(x, means, weights, device_type),), dtype=torch.uint8))
@@ -200,8 +222,8 @@ def _gaussian_field_culled_fake(x, means, cov, weights, eps, cutoff):
 
 @torch.library.register_fake(_CULLED_BACKWARD)
 def _gaussian_field_culled_backward_fake(grad_out, x, means, cov, weights, eps, cutoff,
-                                         structure, output_mask):
-    _check_inputs_fake(x, means, cov, weights, cutoff)
+                                         structure, output_mask, *, whitened=False):
+    _check_inputs_fake(x, means, cov, weights, cutoff, whitened)
     torch._check(structure.dim() == 1, lambda: "structure must be 1-D")
     return tuple(
         t.new_empty(t.shape) if wanted else None
@@ -212,9 +234,12 @@ def _gaussian_field_culled_backward_fake(grad_out, x, means, cov, weights, eps, 
 # ---- the front-end in PyTorch -------------------------------------------------------
 
 
-def _whitened(x, means, cov, weights, eps):
-    """cov as a whitening factor in the dtype the ops take (the front-end's graph kept)."""
-    return whitening_factor(cov, eps).to(_factor_dtype(cov, x, means, weights))
+def _whitened(x, means, cov, weights, eps, check=True):
+    """cov parameters (not a factor) as a whitening factor in the dtype the ops take (the
+    front-end's graph kept), for the ops with ``whitened=True``.  ``check``: a covariance
+    matrix that is not positive definite raises in eager use, as the forward op does
+    (False where the forward op has already checked these inputs)."""
+    return whitening_factor(cov, eps, check=check).to(_factor_dtype(cov, x, means, weights))
 
 
 # ---- when a call needs a graph --------------------------------------------------------
@@ -296,9 +321,9 @@ def _apply(fn, functorch, *args):
     return fn.apply(*args)
 
 
-def _below_autograd(op, *args):
+def _below_autograd(op, *args, **kwargs):
     with torch._C._AutoDispatchBelowAutograd():
-        return op(*args)
+        return op(*args, **kwargs)
 
 
 # ---- gaussian_field -------------------------------------------------------------------
@@ -308,41 +333,43 @@ class _FieldFunction(_FunctionBase):
     """The graph node of ``gaussian_field``: forward redispatches below Autograd; the
     backward is the backward op (fused, first order), or with ``create_graph=True`` the
     same through the whitened form (``_backward_differentiable``); forward mode (cov a
-    whitening factor here, see ``_field_autograd``) is the double backward op's first
-    output.  Only the inputs are saved: every pair term is recomputed, so memory stays
-    O(B + N) to every order."""
+    whitening factor here, ``whitened`` true, see ``_field_autograd``) is the double
+    backward op's first output.  Only the inputs are saved: every pair term is
+    recomputed, so memory stays O(B + N) to every order."""
 
     @staticmethod
-    def forward(x, means, cov, weights, eps, cutoff):
+    def forward(x, means, cov, weights, eps, cutoff, whitened):
         with torch._C._AutoDispatchBelowAutograd():
-            return torch.ops.gaussfield.gaussian_field(x, means, cov, weights, eps, cutoff)
+            return torch.ops.gaussfield.gaussian_field(x, means, cov, weights, eps, cutoff,
+                                                       whitened=whitened)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, means, cov, weights, eps, cutoff = inputs
+        x, means, cov, weights, eps, cutoff, whitened = inputs
         ctx.save_for_backward(x, means, cov, weights)
         if _forward_ad._current_level >= 0:  # forward mode (torch.func.jvp's too)
             ctx.save_for_forward(x, means, cov, weights)
-        ctx.eps, ctx.cutoff = eps, cutoff
+        ctx.eps, ctx.cutoff, ctx.whitened = eps, cutoff, whitened
 
     @staticmethod
     def backward(ctx, grad_out):
         x, means, cov, weights = ctx.saved_tensors
         mask = list(ctx.needs_input_grad[:4])
         with _IN_RULE:
-            if torch.is_grad_enabled() and not _is_factor(cov):
+            if torch.is_grad_enabled() and not ctx.whitened:
                 grads = _backward_differentiable(grad_out, x, means, cov, weights, ctx.eps,
                                                  ctx.cutoff, mask)
             else:
                 # whitened, or first order: the op (differentiable itself when whitened)
                 grads = torch.ops.gaussfield.gaussian_field_backward(
-                    grad_out, x, means, cov, weights, ctx.eps, ctx.cutoff, mask)
-        return (*grads, None, None)
+                    grad_out, x, means, cov, weights, ctx.eps, ctx.cutoff, mask,
+                    whitened=ctx.whitened)
+        return (*grads, None, None, None)
 
     @staticmethod
-    def jvp(ctx, t_x, t_means, t_cov, t_weights, _t_eps, _t_cutoff):
+    def jvp(ctx, t_x, t_means, t_cov, t_weights, _t_eps, _t_cutoff, _t_whitened):
         x, means, cov, weights = ctx.saved_tensors
-        if not _is_factor(cov):  # _field_autograd routes forward mode through the factor
+        if not ctx.whitened:  # _field_autograd routes forward mode through the factor
             raise RuntimeError("gaussfield: internal error: forward mode on cov parameters")
         with _IN_RULE:
             return torch.ops.gaussfield.gaussian_field_double_backward(
@@ -360,33 +387,35 @@ class _CulledFieldFunction(_FunctionBase):
     differentiable path of ``_FieldFunction`` (which plans again)."""
 
     @staticmethod
-    def forward(x, means, cov, weights, eps, cutoff):
+    def forward(x, means, cov, weights, eps, cutoff, whitened):
         with torch._C._AutoDispatchBelowAutograd():
-            return torch.ops.gaussfield._gaussian_field_culled(x, means, cov, weights, eps, cutoff)
+            return torch.ops.gaussfield._gaussian_field_culled(x, means, cov, weights, eps, cutoff,
+                                                               whitened=whitened)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, means, cov, weights, eps, cutoff = inputs
+        x, means, cov, weights, eps, cutoff, whitened = inputs
         structure = output[1]
         ctx.mark_non_differentiable(structure)
         ctx.save_for_backward(x, means, cov, weights, structure)
-        ctx.eps, ctx.cutoff = eps, cutoff
+        ctx.eps, ctx.cutoff, ctx.whitened = eps, cutoff, whitened
 
     @staticmethod
     def backward(ctx, grad_out, _grad_structure):
         x, means, cov, weights, structure = ctx.saved_tensors
         mask = list(ctx.needs_input_grad[:4])
         with _IN_RULE:
-            if torch.is_grad_enabled() and not _is_factor(cov):
+            if torch.is_grad_enabled() and not ctx.whitened:
                 grads = _backward_differentiable(grad_out, x, means, cov, weights, ctx.eps,
                                                  ctx.cutoff, mask)
             elif torch.is_grad_enabled():
                 grads = torch.ops.gaussfield.gaussian_field_backward(
-                    grad_out, x, means, cov, weights, ctx.eps, ctx.cutoff, mask)
+                    grad_out, x, means, cov, weights, ctx.eps, ctx.cutoff, mask, whitened=True)
             else:
                 grads = torch.ops.gaussfield._gaussian_field_culled_backward(
-                    grad_out, x, means, cov, weights, ctx.eps, ctx.cutoff, structure, mask)
-        return (*grads, None, None)
+                    grad_out, x, means, cov, weights, ctx.eps, ctx.cutoff, structure, mask,
+                    whitened=ctx.whitened)
+        return (*grads, None, None, None)
 
 
 _CULLED_DTYPES = (torch.float32, torch.float64)
@@ -401,34 +430,35 @@ def _takes_culled_pair(x, means, cov, weights, cutoff):
 
 
 def _backward_differentiable(grad_out, x, means, cov, weights, eps, cutoff, mask):
-    """The backward op's result for cov parameters, as a differentiable function of all
-    five tensors: the backward op at the whitening factor (whose derivative is the
-    double backward op), then the front-end's vector-Jacobian product in PyTorch."""
+    """The backward op's result for cov parameters (not a factor), as a differentiable
+    function of all five tensors: the backward op at the whitening factor
+    (``whitened=True``; its derivative is the double backward op), then the front-end's
+    vector-Jacobian product in PyTorch."""
     if not mask[2]:
         # (M keeps its graph: the other gradients depend on cov through it)
         gx, gm, _, gw = torch.ops.gaussfield.gaussian_field_backward(
-            grad_out, x, means, _whitened(x, means, cov, weights, eps), weights, eps, cutoff,
-            mask)
+            grad_out, x, means, _whitened(x, means, cov, weights, eps, False), weights, eps,
+            cutoff, mask, whitened=True)
         return gx, gm, None, gw
     if not _differentiating(_functorch_transforms()) and cov.requires_grad:
         # plain autograd (create_graph=True): the front-end's VJP by autograd.grad, which
         # costs less host time than torch.func.vjp's level
         with torch.enable_grad():
-            M = _whitened(x, means, cov, weights, eps)
+            M = _whitened(x, means, cov, weights, eps, False)
         gx, gm, gM, gw = torch.ops.gaussfield.gaussian_field_backward(
-            grad_out, x, means, M, weights, eps, cutoff, mask)
+            grad_out, x, means, M, weights, eps, cutoff, mask, whitened=True)
         (gc,) = torch.autograd.grad(M, cov, gM, create_graph=True)
         return gx, gm, gc, gw
     with torch.enable_grad():
-        M, front_vjp = torch.func.vjp(lambda c: _whitened(x, means, c, weights, eps), cov)
+        M, front_vjp = torch.func.vjp(lambda c: _whitened(x, means, c, weights, eps, False), cov)
     gx, gm, gM, gw = torch.ops.gaussfield.gaussian_field_backward(
-        grad_out, x, means, M, weights, eps, cutoff, mask)
+        grad_out, x, means, M, weights, eps, cutoff, mask, whitened=True)
     (gc,) = front_vjp(gM)
     return gx, gm, gc, gw
 
 
 @torch.library.impl(_FORWARD, "Autograd")
-def _field_autograd(x, means, cov, weights, eps=DEFAULT_EPS, cutoff=None):
+def _field_autograd(x, means, cov, weights, eps=DEFAULT_EPS, cutoff=None, *, whitened=False):
     transforms = _functorch_transforms()
     functorch = _differentiating(transforms)
     if functorch and not _HAVE_SINGLE_LEVEL:
@@ -439,15 +469,16 @@ def _field_autograd(x, means, cov, weights, eps=DEFAULT_EPS, cutoff=None):
         # no graph to record: skip the node's cost (about 0.1 ms on the GPU machine's
         # host, measured at B = 500, N = 1000)
         return _below_autograd(torch.ops.gaussfield.gaussian_field.default, x, means, cov,
-                               weights, eps, cutoff)
+                               weights, eps, cutoff, whitened=whitened)
     forward_mode = _forward_mode((x, means, cov, weights))
-    if (functorch or forward_mode) and not _is_factor(cov):
+    if (functorch or forward_mode) and not whitened:
         # forward mode and torch.func: the front-end in PyTorch, the op on the factor
         return torch.ops.gaussfield.gaussian_field(
-            x, means, _whitened(x, means, cov, weights, eps), weights, eps, cutoff)
+            x, means, _whitened(x, means, cov, weights, eps), weights, eps, cutoff,
+            whitened=True)
     if not functorch and not forward_mode and _takes_culled_pair(x, means, cov, weights, cutoff):
-        return _CulledFieldFunction.apply(x, means, cov, weights, eps, cutoff)[0]
-    return _apply(_FieldFunction, functorch, x, means, cov, weights, eps, cutoff)
+        return _CulledFieldFunction.apply(x, means, cov, weights, eps, cutoff, whitened)[0]
+    return _apply(_FieldFunction, functorch, x, means, cov, weights, eps, cutoff, whitened)
 
 
 # ---- gaussian_field_backward -----------------------------------------------------------
@@ -469,7 +500,7 @@ class _BackwardFunction(_FunctionBase):
     def forward(grad_out, x, means, cov, weights, eps, cutoff, output_mask):
         with torch._C._AutoDispatchBelowAutograd():
             return torch.ops.gaussfield.gaussian_field_backward(
-                grad_out, x, means, cov, weights, eps, cutoff, output_mask)
+                grad_out, x, means, cov, weights, eps, cutoff, output_mask, whitened=True)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -498,7 +529,7 @@ class _BackwardFunction(_FunctionBase):
         with _IN_RULE:
             if t_grad_out is not None:
                 linear = torch.ops.gaussfield.gaussian_field_backward(
-                    t_grad_out, x, means, cov, weights, ctx.eps, ctx.cutoff, mask)
+                    t_grad_out, x, means, cov, weights, ctx.eps, ctx.cutoff, mask, whitened=True)
             if any(t is not None for t in (t_x, t_means, t_cov, t_weights)):
                 second = torch.ops.gaussfield.gaussian_field_double_backward(
                     grad_out, x, means, cov, weights, ctx.eps, ctx.cutoff, t_x, t_means,
@@ -511,7 +542,8 @@ class _BackwardFunction(_FunctionBase):
 
 
 @torch.library.impl(_BACKWARD, "Autograd")
-def _backward_autograd(grad_out, x, means, cov, weights, eps, cutoff, output_mask):
+def _backward_autograd(grad_out, x, means, cov, weights, eps, cutoff, output_mask, *,
+                       whitened=False):
     inputs = (grad_out, x, means, cov, weights)
     functorch = _differentiating(_functorch_transforms())
     if functorch and not _HAVE_SINGLE_LEVEL:
@@ -520,8 +552,9 @@ def _backward_autograd(grad_out, x, means, cov, weights, eps, cutoff, output_mas
         _check_order(1)
     if not functorch and not _needs_graph(inputs):
         return _below_autograd(torch.ops.gaussfield.gaussian_field_backward.default, grad_out,
-                               x, means, cov, weights, eps, cutoff, output_mask)
-    if not _is_factor(cov):
+                               x, means, cov, weights, eps, cutoff, output_mask,
+                               whitened=whitened)
+    if not whitened:
         return _backward_differentiable(grad_out, x, means, cov, weights, eps, cutoff,
                                         list(output_mask))
     return _apply(_BackwardFunction, functorch, grad_out, x, means, cov, weights, eps, cutoff,
@@ -596,19 +629,20 @@ def _front(t, dim, batch):
 
 
 @torch.library.register_vmap(_FORWARD)
-def _gaussian_field_vmap(info, in_dims, x, means, cov, weights, eps=DEFAULT_EPS, cutoff=None):
+def _gaussian_field_vmap(info, in_dims, x, means, cov, weights, eps=DEFAULT_EPS, cutoff=None, *,
+                         whitened=False):
     x_dim, means_dim, cov_dim, weights_dim = in_dims[:4]
     op = torch.ops.gaussfield.gaussian_field.default
     if means_dim is None and cov_dim is None and weights_dim is None:
         # x [..., 3] takes any leading dims: the batch is one more
-        return op(x.movedim(x_dim, 0), means, cov, weights, eps, cutoff), 0
-    return _per_sample(lambda *a: op(*a, eps, cutoff), info, in_dims[:4],
+        return op(x.movedim(x_dim, 0), means, cov, weights, eps, cutoff, whitened=whitened), 0
+    return _per_sample(lambda *a: op(*a, eps, cutoff, whitened=whitened), info, in_dims[:4],
                        (x, means, cov, weights))
 
 
 @torch.library.register_vmap(_BACKWARD)
 def _gaussian_field_backward_vmap(info, in_dims, grad_out, x, means, cov, weights, eps, cutoff,
-                                  output_mask):
+                                  output_mask, *, whitened=False):
     g_dim, x_dim, means_dim, cov_dim, weights_dim = in_dims[:5]
     op = torch.ops.gaussfield.gaussian_field_backward.default
     fields_batched = not (means_dim is None and cov_dim is None and weights_dim is None)
@@ -616,10 +650,10 @@ def _gaussian_field_backward_vmap(info, in_dims, grad_out, x, means, cov, weight
         # only grad_x, which is per point: fold the batch into the points
         B = info.batch_size
         grads = op(_front(grad_out, g_dim, B), _front(x, x_dim, B), means, cov, weights, eps,
-                   cutoff, output_mask)
+                   cutoff, output_mask, whitened=whitened)
         return grads, (0, None, None, None)
-    return _per_sample(lambda *a: op(*a, eps, cutoff, output_mask), info, in_dims[:5],
-                       (grad_out, x, means, cov, weights))
+    return _per_sample(lambda *a: op(*a, eps, cutoff, output_mask, whitened=whitened), info,
+                       in_dims[:5], (grad_out, x, means, cov, weights))
 
 
 @torch.library.register_vmap(_SECOND)

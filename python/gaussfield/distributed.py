@@ -241,7 +241,7 @@ def gather_state_dict(shard_state: Mapping[str, Tensor], *, num_gaussians: int,
 
 def sharded_gaussian_field(x: Tensor, means: Tensor, cov: Tensor, weights: Tensor, *,
                            eps: float = DEFAULT_EPS, cutoff: Optional[float] = None,
-                           group=None) -> Tensor:
+                           whitened: bool = False, group=None) -> Tensor:
     """The whole field at ``x``, from this rank's shard ``(means, cov, weights)``:
     :func:`gaussfield.gaussian_field` on the shard, summed over the ranks of ``group``
     by :func:`all_reduce_sum`.  Same arguments and result as ``gaussian_field``, the same
@@ -255,7 +255,7 @@ def sharded_gaussian_field(x: Tensor, means: Tensor, cov: Tensor, weights: Tenso
     _, world_size = _world(group)
     if world_size > 1 and x.requires_grad:
         x = _SharedInput.apply(x, group)
-    partial = gaussian_field(x, means, cov, weights, eps=eps, cutoff=cutoff)
+    partial = gaussian_field(x, means, cov, weights, eps=eps, cutoff=cutoff, whitened=whitened)
     return all_reduce_sum(partial, group)
 
 

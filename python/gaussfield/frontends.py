@@ -8,12 +8,8 @@ derivatives (csrc/gf_math.h); these are what the higher-order paths of
 """
 import torch
 
-from ._common import DEFAULT_EPS
-from .reference import cholesky_factor
-
-def _is_factor(cov):
-    return cov.dim() == 3
-
+from ._common import DEFAULT_EPS, check_covariance_matrices, positive_definite, symmetric_part
+from .reference import cholesky_factor, quaternion_rotation
 
 def _factor_dtype(cov, *others):
     """The dtype a whitening factor is handed to the ops in: cov's where it is float32 or
@@ -24,16 +20,28 @@ def _factor_dtype(cov, *others):
     return torch.float64 if any(t.dtype == torch.float64 for t in others) else torch.float32
 
 
-def whitening_factor(cov, eps=DEFAULT_EPS):
+def whitening_factor(cov, eps=DEFAULT_EPS, *, whitened=False, check=True):
     """The whitening factor ``M`` (``[N, 3, 3]``, lower triangular, ``Sigma^-1 = M^T M``)
     of the op's covariance parameters, in plain PyTorch and in float64, differentiable to
     any order: ``cov_tril`` ``[N, 6]`` (``Sigma = L L^T + eps I``, ``M = chol(Sigma)^-1``),
-    ``log_scales`` ``[N, 3]`` (``M = diag(e^-s)``) or the 3DGS form ``[N, 7]``
-    (``Sigma = R(q / |q|) diag(e^2s) R^T``, ``M = chol(Sigma)^-1``); a ``[N, 3, 3]``
-    factor is returned as it is.  The kernels compute the same ``M`` in C (to float64
-    rounding)."""
-    if _is_factor(cov):
+    ``log_scales`` ``[N, 3]`` (``M = diag(e^-s)``), the 3DGS form ``[N, 7]``
+    (``Sigma = R(q / |q|) diag(e^2s) R^T``, ``M = chol(Sigma)^-1``) or a covariance matrix
+    ``[N, 3, 3]`` (``Sigma = (S + S^T) / 2``, ``M = chol(Sigma)^-1``; NaN where Sigma is
+    not positive definite, which ``check`` refuses in eager use, as the op does); with
+    ``whitened=True``, ``cov`` is the factor ``M`` ``[N, 3, 3]`` itself and is returned
+    as it is.  The same contract as :func:`gaussfield.gaussian_field`'s ``cov`` and
+    ``whitened``; the kernels compute the same ``M`` in C (to float64 rounding)."""
+    if whitened:
+        if cov.dim() != 3 or tuple(cov.shape[1:]) != (3, 3):
+            raise ValueError("with whitened=True, cov must be the whitening factor M "
+                             f"[N, 3, 3], got {list(cov.shape)}")
         return cov
+    if cov.dim() == 3 and tuple(cov.shape[1:]) == (3, 3):
+        return _covariance_whitening(cov, check)
+    if cov.dim() != 2 or cov.shape[-1] not in (3, 6, 7):
+        raise ValueError("cov must have shape [N, 6], [N, 3], [N, 7] or [N, 3, 3] (a "
+                         "covariance matrix), or [N, 3, 3] with whitened=True (the "
+                         f"whitening factor M), got {list(cov.shape)}")
     c = cov.double()
     if c.shape[-1] == 3:
         return torch.diag_embed(torch.exp(-c))
@@ -49,13 +57,14 @@ def whitening_factor(cov, eps=DEFAULT_EPS):
     return torch.linalg.solve_triangular(L, eye.expand_as(L), upper=False)
 
 
-def quaternion_rotation(q):
-    """``R(q / max(|q|, 1e-12))`` ``[N, 3, 3]`` of quaternions ``(w, x, y, z)`` ``[N, 4]``, as
-    the C front-end computes it (a zero quaternion gives the identity)."""
-    n = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    w, x, y, z = n.unbind(-1)
-    return torch.stack([
-        torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
-        torch.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
-        torch.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1),
-    ], -2)
+def _covariance_whitening(cov, check):
+    """M of a covariance matrix [N, 3, 3] (float64): the front-end GF_COV_SIGMA of
+    csrc/gf_frontends.h, NaN where the C front-end gives NaN."""
+    sigma = symmetric_part(cov)
+    if check:
+        check_covariance_matrices(sigma)
+    eye = torch.eye(3, dtype=sigma.dtype, device=sigma.device)
+    K, _ = torch.linalg.cholesky_ex(sigma)
+    M = torch.linalg.solve_triangular(K, eye.expand_as(K), upper=False)
+    ok = positive_definite(sigma)[:, None, None]
+    return torch.where(ok, M, torch.full_like(M, float("nan")))

@@ -17,6 +17,7 @@ def gaussian_field(
     *,
     eps: float = DEFAULT_EPS,
     cutoff: Optional[float] = None,
+    whitened: bool = False,
 ) -> Tensor:
     r"""Evaluate a field of N anisotropic 3D Gaussians at the points ``x``.
 
@@ -30,7 +31,8 @@ def gaussian_field(
     Args:
         x: query points ``[..., 3]``. A 1-D ``[3]`` gives a 0-d result.
         means: ``[N, 3]``.
-        cov: covariance parameters, told apart by their shape:
+        cov: covariance parameters.  What they mean is said by ``whitened`` and, without
+            it, by their shape (no shape is read two ways):
 
             * ``[N, 6]`` (full, the notebook's ``cov_tril``):
               ``L = [[e^c0, 0, 0], [c1, e^c2, 0], [c3, c4, e^c5]]``,
@@ -42,9 +44,24 @@ def gaussian_field(
               ``Sigma = R(q / |q|) diag(e^{2 s}) R(q / |q|)^T``; the quaternion is
               normalised inside the op (its gradient is that of the normalised form),
               and a zero quaternion is the identity rotation; ``eps`` is not used.
-            * ``[N, 3, 3]`` (your own parameterisation): the whitening factor ``M``,
-              lower triangular, ``Sigma^-1 = M^T M``; entries above the diagonal are
-              ignored (zero gradient); ``eps`` is not used.
+            * ``[N, 3, 3]`` (a covariance matrix): ``Sigma = (S + S^T) / 2``, the
+              symmetric part of ``S = cov[n]`` (for a symmetric ``S``, ``S`` itself);
+              ``eps`` is not used (pass ``S + eps * I`` for a jitter).  The value
+              depends on the symmetric part alone, and ``cov``'s gradient is the exact
+              gradient of that function: symmetric, ``grad_cov[n] = G = df/dSigma``
+              (``(G + G^T) / 2`` of the gradient with respect to a Sigma read as it is;
+              ``torch.linalg.cholesky``'s convention for a symmetric input).  Each
+              Sigma must be positive definite: in eager use the op refuses one that is
+              not (a ``ValueError`` naming the Gaussian; on CUDA the check costs one
+              synchronisation per call).  The check is skipped while a CUDA graph is
+              captured, while ``torch.compile`` traces (the compiled code checks when
+              it runs, outside CUDA graphs) and in the backward ops; there a Gaussian
+              whose Sigma is not positive definite in float64 is NaN at every point
+              (its whitening factor is NaN), as a Gaussian with a NaN entry always is
+              (NaN entries are not refused).
+            * ``[N, 3, 3]`` with ``whitened=True`` (your own parameterisation): the
+              whitening factor ``M``, lower triangular, ``Sigma^-1 = M^T M``; entries
+              above the diagonal are ignored (zero gradient); ``eps`` is not used.
         weights: ``[N]``, or ``[N, C]`` for C feature channels (one exponential shared
             by the channels); raw (no normalisation constant).
         eps: added to the diagonal of Sigma in the full parameterisation; finite, >= 0.
@@ -65,6 +82,10 @@ def gaussian_field(
             chooses the path itself; ``GAUSSFIELD_CULLING=always|never`` forces one, and
             ``GAUSSFIELD_CULLING_BUDGET_MB`` caps the culling's memory
             (docs/cutoff-and-culling.md).
+        whitened: ``True``: ``cov`` is the whitening factor ``M`` ``[N, 3, 3]`` (any other
+            shape is an error); ``False`` (default): ``cov`` is one of the
+            parameterisations above, a ``[N, 3, 3]`` one a covariance matrix Sigma.
+            (Before 0.2 an unnamed ``[N, 3, 3]`` was ``M``: docs/migration.md.)
 
     Returns:
         ``f(x)`` with shape ``x.shape[:-1]`` (``x.shape[:-1] + (C,)`` for weights
@@ -84,7 +105,8 @@ def gaussian_field(
     """
     if cutoff is not None:
         cutoff = check_cutoff(cutoff)
-    return torch.ops.gaussfield.gaussian_field(x, means, cov, weights, eps, cutoff)
+    return torch.ops.gaussfield.gaussian_field(x, means, cov, weights, eps, cutoff,
+                                               whitened=bool(whitened))
 
 
 # points per cell of each device's culling plan (torch_ext/cpu.cpp, cuda.cpp)
@@ -92,9 +114,11 @@ _POINTS_PER_CELL = {"cpu": 64.0, "cuda": 128.0}
 
 
 def culling_stats(x: Tensor, means: Tensor, cov: Tensor, weights: Tensor, *, cutoff: float,
-                  eps: float = DEFAULT_EPS, device_type: Optional[str] = None) -> dict:
+                  eps: float = DEFAULT_EPS, device_type: Optional[str] = None,
+                  whitened: bool = False) -> dict:
     """How the culled path would divide this problem: the plan that the op builds on
-    ``device_type`` (default: that of ``x``), computed on the CPU.
+    ``device_type`` (default: that of ``x``), computed on the CPU.  ``cov`` and
+    ``whitened`` as in :func:`gaussian_field`.
 
     Returns ``{}`` when there is no plan within the culling budget; otherwise a dict
     with ``dims`` (cells along x, y, z), ``cell_size``, ``list_length`` (entries of the
@@ -107,7 +131,8 @@ def culling_stats(x: Tensor, means: Tensor, cov: Tensor, weights: Tensor, *, cut
     if kind not in _POINTS_PER_CELL:
         raise ValueError(f"device_type must be 'cpu' or 'cuda', got {kind!r}")
     cpu = [t.detach().cpu() for t in (x, means, cov, weights)]
-    v = torch.ops.gaussfield._culling_stats(*cpu, eps, cutoff, _POINTS_PER_CELL[kind])
+    v = torch.ops.gaussfield._culling_stats(*cpu, eps, cutoff, _POINTS_PER_CELL[kind],
+                                            whitened=bool(whitened))
     if not v:
         return {}
     return {"dims": [int(v[0]), int(v[1]), int(v[2])], "cell_size": v[3],

@@ -417,6 +417,88 @@ static void vjp_store(const double sums[GF_NUM_SUMS], const double *c, int mode,
     gf_gaussian_vjp_store_f64(sums, 1.0, c, 1, (gf_cov_mode)mode, eps, grad_mean, grad_cov);
 }
 
+/* A covariance matrix (GF_COV_SIGMA, 9 row-major entries): its symmetric part is read,
+ * M whitens it, the gradient is that of exp(-q/2) with respect to all 9 entries of the
+ * function S -> f((S + S^T) / 2) (central differences; exactly symmetric), eps is not
+ * used, and a Sigma that is not positive definite (indefinite, semidefinite, a NaN
+ * entry) gives a NaN factor, all 6 entries. */
+static double sigma_gauss(const double *x, const double *mu, const double c[9]) {
+    double s[3][3], p[3][3], d[3];
+    for (int i = 0; i < 3; ++i)
+        for (int j = 0; j < 3; ++j) s[i][j] = 0.5 * (c[3 * i + j] + c[3 * j + i]);
+    ref_inverse(s, p);
+    for (int i = 0; i < 3; ++i) d[i] = x[i] - mu[i];
+    double q = 0.0;
+    for (int i = 0; i < 3; ++i)
+        for (int j = 0; j < 3; ++j) q += d[i] * p[i][j] * d[j];
+    return exp(-0.5 * q);
+}
+
+static void test_sigma_frontend(void) {
+    CHECK(gf_cov_num_params(GF_COV_SIGMA) == 9, "Sigma: 9 values per Gaussian");
+    for (int t = 0; t < 200; ++t) {
+        double a[3][3], c[GF_COV_MAX_PARAMS] = {0}, s[3][3], m6[6], m6e[6];
+        for (int i = 0; i < 3; ++i)
+            for (int j = 0; j < 3; ++j) a[i][j] = normal();
+        for (int i = 0; i < 3; ++i)
+            for (int j = 0; j < 3; ++j) {
+                double v = 0.1 * (i == j);
+                for (int k = 0; k < 3; ++k) v += a[i][k] * a[j][k];
+                s[i][j] = v;
+            }
+        for (int i = 0; i < 3; ++i) /* plus an antisymmetric part, which is not read */
+            for (int j = 0; j < 3; ++j) c[3 * i + j] = s[i][j] + (i < j ? 0.3 : i > j ? -0.3 : 0.0);
+        gf_frontend_whitening(GF_COV_SIGMA, c, 0.0, m6);
+        gf_frontend_whitening(GF_COV_SIGMA, c, 0.5, m6e);
+        CHECK(memcmp(m6, m6e, sizeof m6) == 0, "Sigma: eps changes M");
+        const double m[3][3] = {{m6[GF_L00], 0, 0},
+                                {m6[GF_L10], m6[GF_L11], 0},
+                                {m6[GF_L20], m6[GF_L21], m6[GF_L22]}};
+        double worst = 0.0, scale = 0.0;
+        for (int i = 0; i < 3; ++i)
+            for (int j = 0; j < 3; ++j) {
+                double v = 0.0;
+                for (int p = 0; p < 3; ++p)
+                    for (int q = 0; q < 3; ++q) v += m[i][p] * s[p][q] * m[j][q];
+                worst = fmax(worst, fabs(v - (i == j)));
+                scale = fmax(scale, fabs(s[i][j]));
+            }
+        CHECK(worst < 1e-12 * (1.0 + 100.0 * scale), "Sigma: M Sigma M^T - I = %g", worst);
+
+        /* the gradient of one pair's Gaussian, by the pair maths and the front-end's VJP */
+        double mu[3], x[3];
+        for (int i = 0; i < 3; ++i) mu[i] = normal(), x[i] = mu[i] + 0.8 * sqrt(s[i][i]) * normal();
+        gf_record_f64 r;
+        record_of(&r, mu, c, GF_COV_SIGMA, 0.0, 0.0);
+        const double tw = 0.7;
+        double sums[GF_NUM_SUMS], gm[3], gc[GF_COV_MAX_PARAMS];
+        pair_sums(&r, x, 1.0, tw, sums);
+        vjp_store(sums, c, GF_COV_SIGMA, 0.0, gm, gc);
+        const double g = sigma_gauss(x, mu, c);
+        for (int j = 0; j < 9; ++j) {
+            double cp[9], cm[9];
+            memcpy(cp, c, sizeof cp);
+            memcpy(cm, c, sizeof cm);
+            const double h = 1e-6;
+            cp[j] += h;
+            cm[j] -= h;
+            const double num = tw * (sigma_gauss(x, mu, cp) - sigma_gauss(x, mu, cm)) / (2 * h);
+            CHECK(fabs(gc[j] - num) <= 1e-6 * fabs(tw) * (g + 1e-3) * (1.0 + 10.0 * scale),
+                  "Sigma: grad cov[%d] %g, want %g", j, gc[j], num);
+        }
+        CHECK(gc[1] == gc[3] && gc[2] == gc[6] && gc[5] == gc[7], "Sigma: gradient not symmetric");
+    }
+    const double not_pd[3][9] = {{1, 0, 0, 0, -1, 0, 0, 0, 1},     /* indefinite */
+                                 {1, 0, 0, 0, 0, 0, 0, 0, 1},      /* semidefinite */
+                                 {1, 0, 0, 0, NAN, 0, 0, 0, 1}};   /* a NaN entry */
+    for (int t = 0; t < 3; ++t) {
+        double c[GF_COV_MAX_PARAMS] = {0}, m6[6];
+        memcpy(c, not_pd[t], sizeof not_pd[t]);
+        gf_frontend_whitening(GF_COV_SIGMA, c, 0.0, m6);
+        for (int k = 0; k < 6; ++k) CHECK(isnan(m6[k]), "Sigma %d: M[%d] = %g, not NaN", t, k, m6[k]);
+    }
+}
+
 /* The pair maths against the reference, with no cutoff (0, +inf) and with k = 1.5, 3:
  * values, the point's and the Gaussian's VJPs, all exactly 0 beyond the cutoff; and
  * the value of a record without a cutoff is the same with and without the test. */
@@ -837,6 +919,7 @@ int main(void) {
     test_exp2();
     test_whitening();
     test_pair_maths();
+    test_sigma_frontend();
     for (int mode = 3; mode <= 6; mode += 3) {
         const double cutoffs[3] = {0.0, 1.0, 2.0};
         for (int i = 0; i < 3; ++i) {

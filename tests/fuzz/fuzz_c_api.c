@@ -2,7 +2,8 @@
  * fuzz_c_api.c - a fuzz target for the CPU half of the C API (libFuzzer entry point;
  * standalone_main.c drives it where libFuzzer is not available).
  *
- * The input bytes choose a problem: dtype and cov_mode (valid or not), eps (any bits),
+ * The input bytes choose a problem: dtype and cov_mode (valid or not, a covariance
+ * matrix GF_COV_SIGMA among them, positive definite or not), eps (any bits),
  * the cutoff (none as 0 or +inf, usual radii, tiny and huge ones, negative, NaN, or any
  * bits), sizes (also negative) and the number of channels (also 0 and negative, and
  * beyond GF_CPU_CHANNEL_BLOCK), a layout per input (dense, transposed, padded, broadcast
@@ -214,12 +215,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const uint64_t flags = take(&in, 4);
     gf_params p;
     memset(&p, 0, sizeof p);
-    const int dtype_code = (int)(flags % 3), mode_code = (int)((flags >> 2) % 5);
+    const int dtype_code = (int)(flags % 3), mode_code = (int)((flags >> 2) % 6);
     p.dtype = dtype_code == 2 ? (gf_dtype)7 : (gf_dtype)dtype_code;
     p.cov_mode = mode_code == 0   ? GF_COV_DIAG
                  : mode_code == 1 ? GF_COV_FULL
                  : mode_code == 3 ? GF_COV_WHITENED
                  : mode_code == 4 ? GF_COV_QUAT
+                 : mode_code == 5 ? GF_COV_SIGMA
                                   : (gf_cov_mode)5;
     if ((flags >> 4) & 1) {
         uint64_t bits = take(&in, 8);
@@ -244,7 +246,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     p.num_gaussians = N;
     p.num_channels = C;
     const int64_t Bp = B > 0 ? B : 0, Np = N > 0 ? N : 0, Cp = C > 0 ? C : 0;
-    const int cov_cols = mode_code == 3 ? 9 : mode_code == 4 ? 7 : p.cov_mode == GF_COV_FULL ? 6 : 3;
+    const int cov_cols = mode_code == 3 || mode_code == 5 ? 9
+                         : mode_code == 4                ? 7
+                         : p.cov_mode == GF_COV_FULL     ? 6
+                                                         : 3;
     const int layouts = (int)take(&in, 2);
     const layout lx = make_layout(layouts, Bp, 3), lm = make_layout(layouts / 6, Np, 3),
                  lc = make_layout(layouts / 36, Np, cov_cols),
