@@ -138,10 +138,19 @@ for b in blocks:
 
 # A processes block: run on every rank under torchrun; each rank writes its outcome and
 # leaves with os._exit (torch 2.13's gloo threads can abort an interpreter's shutdown).
+# A block that ends with gaussfield.distributed.shutdown() (as users' scripts should)
+# leaves there: its outcome is written just before the real shutdown runs.
 RANK_RUNNER = r'''
 import json, os, sys, traceback
 b = json.load(open(sys.argv[1]))
 out = f"{sys.argv[2]}.{os.environ.get('RANK', '0')}"
+import gaussfield.distributed as _gd
+_real_shutdown = _gd.shutdown
+def _recording_shutdown(exit_code=0):
+    json.dump({"status": "ran" if exit_code == 0 else "failed",
+               "traceback": f"shutdown({exit_code!r})"}, open(out, "w"))
+    _real_shutdown(exit_code)
+_gd.shutdown = _recording_shutdown
 try:
     exec(compile("\n" * (b["line"] - 1) + b["code"], b["page"], "exec"), {"__name__": "__main__"})
     result = {"status": "ran"}
@@ -203,6 +212,8 @@ def _run_processes_block(b: Block) -> dict:
                                "--nproc-per-node=2", str(script), str(src), str(out)],
                               cwd=work, env={**environment(), "CUDA_VISIBLE_DEVICES": ""},
                               capture_output=True, text=True, timeout=PAGE_TIMEOUT_S)
+        if proc.returncode != 0:
+            return {"status": "failed", "traceback": f"torchrun: {describe(proc)}"}
         for rank in (0, 1):
             path = Path(f"{out}.{rank}")
             if not path.exists():
