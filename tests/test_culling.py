@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Culling: with a cutoff, the culled path (GAUSSFIELD_CULLING=always) computes the same
 f_k and gradients as the dense masked path (never): the same per-pair test decides every
 pair, only the summation order differs.  Checked on the adversarial cases of the cutoff's
@@ -450,3 +451,18 @@ def test_points_block_shape_does_not_change_bits_cuda(monkeypatch, dtype, per_ce
         assert torch.equal(a, b), f"{name}: one warp and four warps differ"
     dense = run("never", monkeypatch, fr.ours, x, means, cov, w, grad_out, cutoff=3.0)
     assert_same_field(got["1"], dense, RTOL[dtype], f"per_cell={per_cell}")
+
+
+def test_culling_stats_reads_the_points_per_cell_override(monkeypatch):
+    """culling_stats describes the plan the op builds, so it takes the op's override of
+    the points per cell (it used the device's default whatever the variable said)."""
+    x, means, cov, w = make_inputs(20_000, 300, "full", torch.float32, "cpu", seed=3)
+    monkeypatch.delenv("GAUSSFIELD_CULLING_POINTS_PER_CELL", raising=False)
+    default = gaussfield.culling_stats(x, means, cov, w, cutoff=3.0)
+    monkeypatch.setenv("GAUSSFIELD_CULLING_POINTS_PER_CELL", "8")
+    fine = gaussfield.culling_stats(x, means, cov, w, cutoff=3.0)
+    assert math.prod(fine["dims"]) > math.prod(default["dims"]), (fine["dims"], default["dims"])
+    assert fine["pairs_evaluated"] < default["pairs_evaluated"]
+    monkeypatch.setenv("GAUSSFIELD_CULLING_POINTS_PER_CELL", "0.5")
+    with pytest.raises(ValueError, match="GAUSSFIELD_CULLING_POINTS_PER_CELL"):
+        gaussfield.culling_stats(x, means, cov, w, cutoff=3.0)

@@ -1,7 +1,9 @@
+# SPDX-License-Identifier: Apache-2.0
 """What several modules of gaussfield share: the default eps and the argument checks the
 Python layer makes itself.  A leaf module (it imports nothing of gaussfield), so that
 every other module can import it without an import circle."""
 import math
+import os
 
 import torch
 
@@ -22,6 +24,27 @@ def check_cutoff(cutoff) -> float:
     if not (math.isfinite(k) and k > 0):
         raise ValueError(f"cutoff must be None or a finite number > 0 (a Mahalanobis radius), got {cutoff!r}")
     return k
+
+
+#: points per cell of each device's culling plan (torch_ext/cpu.cpp, cuda.cpp: their
+#: policies), where GAUSSFIELD_CULLING_POINTS_PER_CELL does not set it
+POINTS_PER_CELL = {"cpu": 64.0, "cuda": 128.0}
+
+
+def points_per_cell(device_type: str) -> float:
+    """The culling plan's points per cell on ``device_type`` ('cpu' or 'cuda'), as
+    torch_ext's points_per_cell_setting reads it: GAUSSFIELD_CULLING_POINTS_PER_CELL (a
+    number >= 1) where set, else the device's default."""
+    v = os.environ.get("GAUSSFIELD_CULLING_POINTS_PER_CELL", "")
+    if not v:
+        return POINTS_PER_CELL[device_type]
+    try:
+        n = float(v)
+    except ValueError:
+        n = math.nan
+    if not (1 <= n < 1e12):
+        raise ValueError(f"GAUSSFIELD_CULLING_POINTS_PER_CELL must be a number of points >= 1, got {v!r}")
+    return n
 
 
 # ---- covariance matrices (cov [N, 3, 3] without whitened) ------------------------------

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Every registration of the gaussfield ops in Python: fake tensors, the Autograd
 kernels, and the vmap batching rules.  The ops themselves are defined and implemented in
 C++ (``torch_ext/``); the Autocast kernels are there too.
@@ -43,7 +44,7 @@ import torch
 import torch.autograd.forward_ad as _forward_ad
 
 from .frontends import _factor_dtype, whitening_factor
-from ._common import DEFAULT_EPS
+from ._common import DEFAULT_EPS, POINTS_PER_CELL, points_per_cell
 
 _FORWARD = "gaussfield::gaussian_field"
 _BACKWARD = "gaussfield::gaussian_field_backward"
@@ -159,13 +160,7 @@ def _gaussian_field_double_backward_fake(grad_out, x, means, cov, weights, eps, 
 # the shapes, the dtype and the points per cell alone, so that the fake knows it.
 _HEADER_BYTES = 128  # sizeof(gf_cull_header) = 104, aligned to 64
 _MAX_CELLS = 1 << 22
-_POINTS_PER_CELL = {"cpu": 64.0, "cuda": 128.0}  # torch_ext's policies
 _MIN_PAIRS = {"cpu": 1 << 22, "cuda": 1 << 26}    # ... and their sizes to plan from
-
-
-def _points_per_cell(device_type):
-    v = os.environ.get("GAUSSFIELD_CULLING_POINTS_PER_CELL", "")
-    return float(v) if v else _POINTS_PER_CELL[device_type]
 
 
 def _max_cells(B, per_cell):
@@ -190,7 +185,7 @@ def _structure_bytes(x, means, weights, device_type):
     if mode != "always" and B * N < _MIN_PAIRS[device_type]:
         return 0
     es = x.element_size()
-    cells = _max_cells(B, _points_per_cell(device_type))
+    cells = _max_cells(B, points_per_cell(device_type))
     if device_type == "cpu":
         at = _align(_HEADER_BYTES + (cells + 2) * 8, 64)   # cell_start
         at = _align(at + (cells + 1) * 8, 64)              # list_start
@@ -215,7 +210,7 @@ def _cuda_structure_bytes(B, N, es, cells):
 @torch.library.register_fake(_CULLED)
 def _gaussian_field_culled_fake(x, means, cov, weights, eps, cutoff, *, whitened=False):
     _check_inputs_fake(x, means, cov, weights, cutoff, whitened)
-    device_type = x.device.type if x.device.type in _POINTS_PER_CELL else "cpu"
+    device_type = x.device.type if x.device.type in POINTS_PER_CELL else "cpu"
     return (x.new_empty(_result_shape(x, weights)),
             x.new_empty((_structure_bytes(x, means, weights, device_type),), dtype=torch.uint8))
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The functional API of gaussfield.  The ops are defined and implemented in C++
 (``torch_ext/``); their Python registrations are :mod:`gaussfield.autograd`."""
 
@@ -6,7 +7,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ._common import DEFAULT_EPS, check_cutoff
+from ._common import DEFAULT_EPS, POINTS_PER_CELL, check_cutoff, points_per_cell
 
 
 def gaussian_field(
@@ -109,16 +110,14 @@ def gaussian_field(
                                                whitened=bool(whitened))
 
 
-# points per cell of each device's culling plan (torch_ext/cpu.cpp, cuda.cpp)
-_POINTS_PER_CELL = {"cpu": 64.0, "cuda": 128.0}
-
 
 def culling_stats(x: Tensor, means: Tensor, cov: Tensor, weights: Tensor, *, cutoff: float,
                   eps: float = DEFAULT_EPS, device_type: Optional[str] = None,
                   whitened: bool = False) -> dict:
     """How the culled path would divide this problem: the plan that the op builds on
-    ``device_type`` (default: that of ``x``), computed on the CPU.  ``cov`` and
-    ``whitened`` as in :func:`gaussian_field`.
+    ``device_type`` (default: that of ``x``), computed on the CPU, with the points per
+    cell that the op takes there (``GAUSSFIELD_CULLING_POINTS_PER_CELL`` where set).
+    ``cov`` and ``whitened`` as in :func:`gaussian_field`.
 
     Returns ``{}`` when there is no plan within the culling budget; otherwise a dict
     with ``dims`` (cells along x, y, z), ``cell_size``, ``list_length`` (entries of the
@@ -128,10 +127,10 @@ def culling_stats(x: Tensor, means: Tensor, cov: Tensor, weights: Tensor, *, cut
     """
     cutoff = check_cutoff(cutoff)
     kind = device_type or x.device.type
-    if kind not in _POINTS_PER_CELL:
+    if kind not in POINTS_PER_CELL:
         raise ValueError(f"device_type must be 'cpu' or 'cuda', got {kind!r}")
     cpu = [t.detach().cpu() for t in (x, means, cov, weights)]
-    v = torch.ops.gaussfield._culling_stats(*cpu, eps, cutoff, _POINTS_PER_CELL[kind],
+    v = torch.ops.gaussfield._culling_stats(*cpu, eps, cutoff, points_per_cell(kind),
                                             whitened=bool(whitened))
     if not v:
         return {}
