@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """gaussfield against the notebook's versions and the compiled closed form, in one run,
 over a ladder of sizes from B = 500, N = 1000 up to where the peers run out of memory.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Second-order cost: an eikonal-regularised step beside a first-order one, gaussfield
 against the compiled closed form, on one device, in one run.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The culling issue's speed goals, measured: gaussfield's culled cutoff op against its
 dense masked path and against KeOps, per case, in one run on one device.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The distributed modes on several GPUs against one GPU, in one run (issue 13).
 
     python benchmarks/bench_distributed.py --out benchmarks/results          # all GPUs seen

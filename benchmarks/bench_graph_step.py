@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The training step (forward, MSE, backward, Adam) eager and captured in one CUDA graph,
 on static data, at B = 500, N = 1,000 (host-bound) and B = 10^5, N = 10^4.  Medians of
 CUDA-event times over 200 steps after warm-up.  Prints a Markdown table; --out writes it

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The maths issue's numbers, before and after, in one run on one device.
 
 * accuracy on needle-like Gaussians (float32 against float64, values and all four

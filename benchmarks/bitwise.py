@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Bitwise snapshots of the ops' outputs on fixed test fields, to show that a reshaping of
 the code changes no bit (issue 18's "outputs bitwise identical before and after").
 

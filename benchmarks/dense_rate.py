@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The dense kernels' pair rate on one device: forward, backward to the points and
 backward to the Gaussians, float32, no cutoff, the median of CUDA-event-timed calls.
 For comparing two builds of the same kernels (run it under each, alternating):

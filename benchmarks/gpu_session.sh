@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # One call on the GPU machine: build for sm_90, then the stages named on the command
 # line (default: all), everything logged under $OUT (the device tool brings it back).
 #

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """KeOps peers of gaussfield's cutoff op, for benchmarks/bench_cull.py.
 
 Both compute exactly the op's

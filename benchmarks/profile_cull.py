@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Where the culled path spends its time on a GPU, and how the grid's cell size moves it.
 
 For the culling issue's two notebook cases (cutoff 6, float32, points uniform in the

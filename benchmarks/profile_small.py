@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Where one small training step goes (the issue's S case, B = 500, N = 1000).
 
 Times (median, CUDA events on a GPU) the whole step and its parts, then prints

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """gaussfield's PEP 517 build backend: scikit-build-core's, with checks that stop a
 build that cannot work at once and say why, instead of after minutes of CMake.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /*
  * gaussfield.h - the C API of gaussfield.
  *

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /*
  * gf_common.c - the part of the C API that does not depend on the backend, used by the
  * CPU stages (gf_cpu.c, gf_cpu_cull.c) and the CUDA ones (cuda/) alike: status strings,

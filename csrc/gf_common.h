@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /*
  * gf_common.h - what the CPU and CUDA halves of the C API share beyond the public
  * header (gf_common.c).  Not installed.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /*
  * gf_cpu.c - the CPU half of the C API: the per-Gaussian precompute, the stages' range
  * checks, and the choice of loops for this processor.  The loops live in

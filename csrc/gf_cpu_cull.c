@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /*
  * gf_cpu_cull.c - the CPU half of culling in the C API (gaussfield.h, "Culling"): the
  * structure (plan, counts, finish: the grid, the lists' offsets, the path, the points

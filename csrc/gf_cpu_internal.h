@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /*
  * gf_cpu_internal.h - what the CPU API (gf_cpu.c) needs from the loops
  * (gf_cpu_kernels.c), which are compiled once per instruction set.  Not installed.

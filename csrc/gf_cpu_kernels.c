@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /*
  * gf_cpu_kernels.c - the CPU loops, instantiated for float and double.  The build
  * compiles this file once per instruction set (GF_ISA = generic, avx2, avx512, each

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /*
  * gf_cpu_kernels_template.h - the CPU loops for one data type and one instruction set.
  * No include guard: gf_cpu_kernels.c includes it once per data type, with GF_T, GF_TYPE,

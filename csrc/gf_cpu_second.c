@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /*
  * gf_cpu_second.c - the CPU stages of the double backward (gaussfield.h, "Second
  * order"): argument checks, and the loops of gf_cpu_second_template.h for each dtype.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /*
  * gf_cpu_second_template.h - the CPU loops of the double backward (gaussfield.h,
  * "Second order"), written once and included by gf_cpu_second.c for float and double

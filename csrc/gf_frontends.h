@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /*
  * gf_frontends.h - the covariance parameterisations ("front-ends"), host and device,
  * included by gf_math.h (use that).  Per Gaussian, in double, once per call.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /*
  * gf_math.h - the maths of gaussfield, shared by the CPU loops (C11) and the CUDA
  * kernels (nvcc).  Nothing else computes a Gaussian, so the two paths cannot drift.

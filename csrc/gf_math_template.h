@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /*
  * gf_math_template.h - per-type pair maths of gaussfield.  No include guard: gf_math.h
  * includes it once per data type with GF_T (the type), GF_TYPE(name) (a type name with

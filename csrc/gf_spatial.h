@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /*
  * gf_spatial.h - the spatial helpers of culling, host and device (GF_HD), shared by the
  * CPU stages (gf_cpu_cull.c, gf_cpu_kernels_template.h) and the CUDA ones (cuda/cull_*,

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /*
  * common.cuh - what every file of cuda/ shares: the record type per data type, record,
  * point and channel loads, warp sums, the channel-block rule, fitting a launch to the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /*
  * cull.cuh - what the culling's CUDA files share (cull_plan.cu, cull_build.cu,
  * culled_points.cu, culled_gaussians.cu, entry.cu): block shapes, the structure's and the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /*
  * cull_build.cu - the culling's build on CUDA after the plan (cull_plan.cu): the points
  * sorted by cell and the Gaussians' execution order (the second half of

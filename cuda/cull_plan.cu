@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /*
  * cull_plan.cu - the culling plan on CUDA (the first half of gf_cuda_cull_build), all on
  * the device: the host reads nothing back.  The grid and the Gaussians' cells are

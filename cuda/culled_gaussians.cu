@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /*
  * culled_gaussians.cu - the culled backward to the Gaussians (the second half of
  * gf_cuda_culled_backward), over the structure that cull_build.cu builds.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /*
  * culled_points.cu - the culled forward and backward to the points (the first half of
  * gf_cuda_culled_forward / gf_cuda_culled_backward), over the structure that

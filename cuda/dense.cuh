@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /*
  * dense.cuh - what the dense kernels share (dense_points.cu, dense_gaussians.cu): warp
  * staging of records and channels, and the launchers of the dense files (with

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /*
  * dense_gaussians.cu - the dense backward to the Gaussians (grad_means, grad_cov,
  * grad_weights of gf_cuda_backward): every Gaussian against every point, in chunks of

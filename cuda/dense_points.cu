@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /*
  * dense_points.cu - the dense forward and backward to the points: every point against
  * every Gaussian (gaussfield.h's gf_cuda_forward, and grad_x of gf_cuda_backward).

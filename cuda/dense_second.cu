@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /*
  * dense_second.cu - the double backward on CUDA (gaussfield.h, "Second order"): the
  * gradients of Phi = <direction, backward> with respect to grad_out (the JVP of f, which

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /*
  * entry.cu - the extern "C" functions of gaussfield.h's CUDA half: argument checks,
  * workspace sizes and layouts, and the order of the stages (records, then the dense or

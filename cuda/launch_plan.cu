@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /*
  * launch_plan.cu - the dense stages' launch plan (launch_plan.h): from the problem's
  * size and the multiprocessor count, or GAUSSFIELD_CUDA_CONFIG.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /*
  * launch_plan.h - the launch plan and workspace layout of the dense stages
  * (dense_points.cu, dense_gaussians.cu), chosen on the host by launch_plan.cu.

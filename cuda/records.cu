@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /*
  * records.cu - the per-Gaussian records that every pair kernel reads (gf_math.h's
  * gf_record_init: mean, weight of channel 0, the folded whitening factor M' from the

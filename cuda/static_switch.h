@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /*
  * static_switch.h - run-time values to compile-time template arguments, the pattern of
  * flash-attention's static_switch.h: each macro evaluates COND once and calls the

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Sphinx configuration of gaussfield's docs: Markdown pages (MyST) and the API reference
 from the docstrings (autodoc; the docstrings are Google style, read by napoleon).
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """What the example scripts share on their command lines."""
 from typing import Optional
 

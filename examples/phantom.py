@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The 3D Shepp-Logan head phantom, and targets for the training example.
 
 The phantom is the standard analytic test object of CT reconstruction: ten ellipsoids,

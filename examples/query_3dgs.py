@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Query the density of a trained 3D Gaussian Splatting scene with gaussfield.
 
 A 3DGS scene (the PLY its reference implementation writes: means, log-scales, rotation

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Train a Gaussian field on several processes (and GPUs) with torch.distributed.
 
     torchrun --nproc-per-node K examples/train_distributed.py --mode ddp   --out runs/ddp

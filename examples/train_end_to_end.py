@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Train the notebook's Gaussian field to fit a 3D density: the user's script, with the
 implementation of the forward chosen by a flag.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Prints, one a line, the requirements of gaussfield that the running Python lacks:
 the build tools (pyproject.toml's build-system.requires, and CMake and ninja as
 [tool.scikit-build] asks for them), the runtime dependencies and those of the extras

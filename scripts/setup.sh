@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Installs what gaussfield needs to build and test into the current Python ($PYTHON,
 # default python3), and only what is missing, so that it also works offline on a machine
 # that already has it all (the GPU machine).  What is needed is pyproject.toml's: the

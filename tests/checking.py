@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Comparison of the op with the float64 reference, values and every gradient, for inputs
 given in any layout (contiguous, transposed, strided, expanded, with leading batch dims).
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Forward + backward on CUDA at sizes that leave partial tiles everywhere, under several
 launch configurations, with one and several channels (partial channel blocks) and with
 and without a cutoff, the quaternion mode, a covariance matrix Sigma [N, 3, 3] and the

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The op's whole contract in float64, written in the tests: feature channels and the
 cutoff, with the mask written here (q by a linear solve, not by the op's whitening).
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The two versions of the user's notebook (section 6), transcribed for the tests.
 
 Written from shared/seed/notebook-section6-performance.txt, independently of gaussfield:

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """float32 accuracy on needle-like Gaussians (one axis ~2, two ~0.02), where the quadratic
 form d^T Sigma^{-1} d cancels badly: values and all four gradients against float64 stay
 within twice the notebook's own float32 error (DESIGN.md section 4, item 6), and with a

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Autodiff that composes: torch.func (grad, jacrev, jacfwd, jvp, vjp, hessian, vmap,
 vmap(grad)), forward-mode AD with dual tensors, double backward (create_graph=True,
 gradgradcheck), each with respect to every input and against the float64 closed form

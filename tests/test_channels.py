@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Feature channels: weights [N, C] give a result x.shape[:-1] + (C,), one exponential
 shared by the channels, f(x)_c = sum_n w_nc exp(-q_n(x)/2) (times [q_n <= k^2] with a
 cutoff).  Against the float64 reference per channel (values and every gradient, with

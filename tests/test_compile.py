@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """torch.compile(fullgraph=True) traces the op and its backward without a graph break
 and gives the eager result, for every parameterisation (a covariance matrix Sigma and
 the named factor too)."""

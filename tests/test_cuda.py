@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """CUDA-specific behaviour: agreement with the CPU, the current stream, any device
 index, bitwise determinism, and every launch configuration of the kernels."""
 import os

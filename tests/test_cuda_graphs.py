@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A whole training step (forward, MSE, backward, Adam) captured in one CUDA graph gives
 the eager step's losses and parameters: the op allocates through torch's caching
 allocator, launches on the current stream and makes no host synchronisation."""

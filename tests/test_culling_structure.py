@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The culling's structure and the culled pair of ops (issue 19): the cell test drops only
 exact zeros (the culled forward is the dense forward bit for bit on the CPU, where both
 sum each point's Gaussians in index order), on adversarial fields; the backward through

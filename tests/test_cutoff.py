@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The cutoff: with a Mahalanobis radius k the op computes exactly
 
     f_k(x) = sum_n w_n exp(-q_n(x) / 2) [q_n(x) <= k^2]

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Several processes: Gaussian sharding (gaussfield.distributed) and data parallel (DDP),
 two ranks on gloo on the CPU, against one process.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """docs/distributed-example.md's script, as it stands on the page, under torchrun on two
 gloo ranks, and gaussfield.distributed.shutdown(), which ends it: a barrier, the group
 destroyed, and an exit without the interpreter's finalization (where torch 2.13's gloo

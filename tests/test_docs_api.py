@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Every public name of gaussfield is in the API reference (docs/api.md): a name added to
 a public module without its entry there fails here."""
 import ast

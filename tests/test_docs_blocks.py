@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Every Python code block of README.md and docs/*.md runs, as written.
 
 A page's blocks run in order in one namespace (a later block may use an earlier one's

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """torch.autograd.gradcheck in float64, every input (x included), both modes, and
 torch.library.opcheck on both ops."""
 import pytest

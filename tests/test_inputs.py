@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Bad input gives a clear error naming the argument; empty, non-contiguous, 1-D and
 batched inputs give the right result."""
 import pytest

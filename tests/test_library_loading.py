@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The loader (python/gaussfield/_library.py): the build record beside the library says
 which torch it was built against, and loading it into another torch raises an error that
 names both versions and the command that rebuilds gaussfield; the library is found in

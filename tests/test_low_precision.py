@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """float16 / bfloat16 inputs and torch.autocast.
 
 Outside autocast, an op with a low-precision input computes in float32 (float64 where

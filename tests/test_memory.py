@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Memory grows with B + N, never B x N: autograd saves only the inputs, and the peak
 of a forward + backward at B = N = 20000 (a B x N float32 buffer would be 1.6 GB) stays
 within a few MB of the inputs and outputs."""

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Calls that reach a dispatch key gaussfield has no kernel for (sparse tensors, MPS,
 XPU, CUDA in a build without CUDA kernels) raise gaussfield's own error, naming the op,
 the argument and its layout or device, and what to do (torch_ext/missing_kernels.cpp),

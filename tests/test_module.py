@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The drop-in: GaussianField has the notebook's parameters, initialisation and
 state_dict; fused_forward patched into the notebook's classes changes nothing but speed."""
 import pytest

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`import gaussfield` gives gaussfield.io and gaussfield.distributed on first use (a
 module __getattr__), and needs no plyfile: only the functions that read or write a PLY
 file do, and without it they raise an ImportError that says what to install."""

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The install story (docs/install.md), as users type it: real pip runs against the
 in-tree build backend (build_backend/), a real editable install into a scratch
 environment, the CMake switches (GF_WITH_CUDA, GF_PTXAS_VERBOSE) at configure time, the

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Values and every gradient agree with both notebook versions (batched solve and the
 per-Gaussian loop), in float64 to rounding, and in float32 within twice the error that
 the notebook's own float32 code makes against float64 (flash-attention's rule)."""

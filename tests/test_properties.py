@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Property-based: random shapes, parameterisations, dtypes, scales and layouts, values
 and every gradient against the float64 reference (hypothesis; HYPOTHESIS_PROFILE=long
 for a longer search, see conftest.py)."""

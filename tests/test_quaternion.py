@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The 3D Gaussian Splatting parameterisation, cov [N, 7] = (q_w, q_x, q_y, q_z, s_0, s_1,
 s_2): values and all gradients against a float64 reference written from the 3DGS paper's
 formula (Sigma = R S S^T R^T, R of the normalised quaternion, S = diag(e^s)), gradcheck,

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """gaussfield.gaussian_field_reference and inverse_covariance (the closed form "for
 checking") are exact for every parameterisation the op takes, or refuse: held against
 the op (float64, channels, cutoff; values and all four gradients), inverse_covariance

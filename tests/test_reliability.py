@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Edge cases a training run can hit: numerical extremes, NaN and Inf, 64-bit sizes and
 strides, concurrent callers, hostile input.  Each gives the right numbers or a clear
 error (the promises are listed in docs/guarantees.md)."""

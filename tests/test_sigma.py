@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A covariance matrix Sigma [N, 3, 3] as cov (gaussfield 0.2), beside the whitening
 factor that whitened=True names: values and all gradients against a float64 reference
 written here (q by a linear solve with the symmetric part), the gradient's symmetric

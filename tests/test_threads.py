@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """CPU threading goes through torch's pool; results do not depend on the thread count,
 repeat bit for bit, and every instruction-set variant of the CPU loops is right."""
 import os

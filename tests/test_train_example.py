@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """examples/train_end_to_end.py: the user's training script, run as a user runs it."""
 import json
 import subprocess

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """torch.func.vmap through both ops runs our batching rules (no per-sample fallback, no
 performance warning) and equals the per-sample results, for every batched argument."""
 import warnings

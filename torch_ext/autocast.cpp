@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // autocast.cpp - the Autocast kernels of gaussian_field (CPU and CUDA).  Under
 // torch.autocast the op runs in float32, as autocast's "float32" ops do: float16 and
 // bfloat16 inputs are cast to float32, float64 inputs are left alone (autocast never

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // cpp_api.cpp - the C++ (LibTorch) API, gaussfield::gaussian_field (gaussfield.hpp): a
 // torch::autograd::Function over the two ops, the pattern of torchvision's C++
 // roi_align autograd.  (The ops' Autograd kernels for Python are registered by

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // cpu.cpp - the CPU implementations of the gaussfield ops: allocation, then the C
 // core's stages spread over torch's own thread pool (at::parallel_for honours
 // torch.set_num_threads).  Each stage writes disjoint ranges, so the split does not

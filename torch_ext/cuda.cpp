@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // cuda.cpp - the CUDA implementations of the gaussfield ops: validation (shared with
 // the CPU), allocation through torch's caching allocator (outputs and the kernels'
 // workspace), and the C core's CUDA stages enqueued on the current stream of the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // culling.cpp - the GAUSSFIELD_CULLING switch and budget (see culling.h).
 #include "culling.h"
 

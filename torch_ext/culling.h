@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // culling.h - when the ops take the culled path, shared by the CPU and CUDA
 // implementations: the GAUSSFIELD_CULLING switch, the memory budget, the cells' size.
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // gaussfield.hpp - the C++ (LibTorch) entry point of gaussfield, with autograd.
 //
 // Link libgaussfield_ops (which registers the ops with the dispatcher) and call

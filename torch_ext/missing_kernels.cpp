@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // missing_kernels.cpp - kernels for the dispatch keys gaussfield has no implementation
 // for: sparse tensors (COO and the compressed layouts), Apple's MPS and Intel's XPU
 // devices, and CUDA in a build without the CUDA kernels.  Each raises an error that

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // ops.cpp - the schemas of the gaussfield ops, and the validation that both the CPU
 // and the CUDA implementations call before touching data.
 #include <ATen/ATen.h>

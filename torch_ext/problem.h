@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // problem.h - what the CPU and CUDA implementations of the ops share: the one place
 // inputs are validated (ops.cpp), the translation of tensors into a gf_params, the
 // allocation of outputs, and the dtype promotion of low-precision inputs.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // A LibTorch program using gaussfield, without Python.
 //
 // The ops live in libgaussfield_ops.so; linking it registers them with the dispatcher.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """gaussfield: a fused PyTorch operator for a learnable field of anisotropic 3D Gaussians.
 
     f(x) = sum_n w_n exp(-0.5 (x - mu_n)^T Sigma_n^{-1} (x - mu_n))

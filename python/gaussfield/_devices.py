@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Names of the machine a run measured, for the result files of the benchmarks and the
 training example (which import it from here, the one place both reach without a path
 of their own); not part of gaussfield's API."""

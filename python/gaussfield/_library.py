@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Finds and loads the compiled ops library (a plain shared library, no Python module),
 after checking that it was built against the torch this process runs.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Gaussian sharding on ``torch.distributed``: a field too large for one process, split
 over K ranks by Gaussians.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The covariance front-ends in plain PyTorch: the whitening factor ``M`` of each
 parameterisation the op takes, differentiable to any order by PyTorch itself.
 

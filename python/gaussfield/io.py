@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Readers and writers of other formats: a trained 3D Gaussian Splatting scene (PLY) as
 gaussfield's inputs, and Gaussians back to such a file.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The general ``nn.Module`` of gaussfield: :class:`GaussianField`, a learnable field
 of anisotropic 3D Gaussians whose constructor, parameters, initialisation and
 ``state_dict`` are those of the notebook's ``FastLearnableGaussianField``, so that a

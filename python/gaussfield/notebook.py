@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """What belongs to the user's notebook (section 6, "Performance Profiling &
 Optimization"): its two Gaussian-field classes, and the drop-in that puts the fused
 operator in their place.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The closed form in plain PyTorch: what an expert would write without a fused kernel.
 
 It materialises ``[..., N]`` intermediates (and autograd saves several of them), so its

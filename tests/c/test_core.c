@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /*
  * test_core.c - unit tests of the C core: the per-Gaussian and per-pair maths (gf_math.h)
  * and the C API (gaussfield.h), with feature channels and a cutoff.  The reference is

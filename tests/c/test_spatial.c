@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /*
  * test_spatial.c - the culling's cell test (csrc/gf_spatial.h) against brute force:
  *

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /*
  * fuzz_c_api.c - a fuzz target for the CPU half of the C API (libFuzzer entry point;
  * standalone_main.c drives it where libFuzzer is not available).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /*
  * standalone_main.c - drives fuzz_c_api.c where libFuzzer is not available (GCC): runs
  * the files named on the command line once each, then random inputs (random lengths,
