@@ -30,6 +30,11 @@
 #define GF_CULL_MAX_DIM 1024
 #define GF_CULL_MAX_CELLS ((int64_t)1 << 22)
 
+/* fmax and fmin with their rule for one NaN (the other operand), inline: libm's are
+ * calls on x86 (maxsd does not follow that rule), and the row test runs them per row. */
+GF_HD double gf_max(double a, double b) { return (a > b || b != b) ? a : b; }
+GF_HD double gf_min(double a, double b) { return (a < b || b != b) ? a : b; }
+
 /* The most cells gf_grid_choose gives num_points points at points_per_cell (at least 1):
  * the capacity of a structure's cell arrays. */
 GF_HD int64_t gf_grid_max_cells(int64_t num_points, double points_per_cell) {
@@ -69,7 +74,7 @@ GF_HD void gf_grid_choose(const double lo[3], const double hi[3], int64_t num_po
     if (!(target >= 1.0)) target = 1.0;
     /* A side that gives one cell: 1.001 emax, or emax + DBL_MIN where emax is subnormal
      * (there 1.001 emax rounds back to emax, and floor(emax / emax) + 1 is 2 cells). */
-    const double one_cell = fmax(emax * 1.001, emax + DBL_MIN);
+    const double one_cell = gf_max(emax * 1.001, emax + DBL_MIN);
     double h;
     if (!(emax > 0.0) || target < 2.0) {
         /* one cell (all points in one spot, or few points): its side covers everything */
@@ -235,12 +240,12 @@ GF_HD void gf_cull_box_init(const gf_cull_plan *g, const double mean[3], const d
     b->iyy = 1.0 / syy;
     b->ay = sxy * b->iyy;
     b->by = syz * b->iyy;
-    b->cyx = sqrt(fmax(sxx - sxy * b->ay, 0.0));
+    b->cyx = sqrt(gf_max(sxx - sxy * b->ay, 0.0));
     b->cyz = b->cyx > 0.0 ? (sxz - sxy * b->by) / b->cyx : 0.0;
     b->izz = 1.0 / szz;
     b->az = sxz * b->izz;
     b->bz = syz * b->izz;
-    b->czx = sqrt(fmax(sxx - sxz * b->az, 0.0));
+    b->czx = sqrt(gf_max(sxx - sxz * b->az, 0.0));
     b->czy = b->czx > 0.0 ? (sxy - sxz * b->bz) / b->czx : 0.0;
     const double det = syy * szz - syz * syz;
     b->pyy = szz / det;
@@ -248,7 +253,7 @@ GF_HD void gf_cull_box_init(const gf_cull_plan *g, const double mean[3], const d
     b->pyz = -syz / det;
     b->gy = (sxy * szz - sxz * syz) / det;
     b->gz = (sxz * syy - sxy * syz) / det;
-    b->sx = sqrt(fmax(sxx - (sxy * b->gy + sxz * b->gz), 0.0));
+    b->sx = sqrt(gf_max(sxx - (sxy * b->gy + sxz * b->gz), 0.0));
     int sane = isfinite(b->cyz) && isfinite(b->czy) && isfinite(b->pyy) && isfinite(b->pzz) &&
                isfinite(b->pyz) && isfinite(b->gy) && isfinite(b->gz) && det > 0.0;
     b->test = sane && cells <= GF_CULL_TEST_MAX_CELLS;
@@ -273,8 +278,8 @@ GF_HD int gf_cull_slab(const gf_cull_box *b, double y0, double y1, double z0, do
             const double rho = sqrt(rho2);
             const double cx = b->ay * y, cz = b->by * y;
             const double zp = cz + rho * b->cyz, zm = cz - rho * b->cyz;
-            if (zp >= z0 && zp <= z1) hi = fmax(hi, cx + rho * b->cyx);
-            if (zm >= z0 && zm <= z1) lo = fmin(lo, cx - rho * b->cyx);
+            if (zp >= z0 && zp <= z1) hi = gf_max(hi, cx + rho * b->cyx);
+            if (zm >= z0 && zm <= z1) lo = gf_min(lo, cx - rho * b->cyx);
         }
         const double z = f ? z1 : z0;
         const double sig2 = b->r2 - z * z * b->izz;
@@ -282,8 +287,8 @@ GF_HD int gf_cull_slab(const gf_cull_box *b, double y0, double y1, double z0, do
             const double rho = sqrt(sig2);
             const double cx = b->az * z, cy = b->bz * z;
             const double yp = cy + rho * b->czy, ym = cy - rho * b->czy;
-            if (yp >= y0 && yp <= y1) hi = fmax(hi, cx + rho * b->czx);
-            if (ym >= y0 && ym <= y1) lo = fmin(lo, cx - rho * b->czx);
+            if (yp >= y0 && yp <= y1) hi = gf_max(hi, cx + rho * b->czx);
+            if (ym >= y0 && ym <= y1) lo = gf_min(lo, cx - rho * b->czx);
         }
     }
     /* the edges' chords */
@@ -292,8 +297,8 @@ GF_HD int gf_cull_slab(const gf_cull_box *b, double y0, double y1, double z0, do
         const double rho2 = b->r2 - (b->pyy * y * y + 2.0 * b->pyz * y * z + b->pzz * z * z);
         if (rho2 >= 0.0) {
             const double c = b->gy * y + b->gz * z, w = sqrt(rho2) * b->sx;
-            lo = fmin(lo, c - w);
-            hi = fmax(hi, c + w);
+            lo = gf_min(lo, c - w);
+            hi = gf_max(hi, c + w);
         }
     }
     *x0 = lo;
@@ -319,15 +324,15 @@ GF_HD void gf_cull_row(const gf_cull_plan *g, const gf_cull_box *b, int64_t iy, 
     const double z1 = iz == g->dims[2] - 1 ? b->ext[2]
                                             : g->lo[2] + (double)(iz + 1) * h - b->mean[2] + slack;
     double lo, hi;
-    if (!gf_cull_slab(b, fmax(y0, -b->ext[1]), fmin(y1, b->ext[1]), fmax(z0, -b->ext[2]),
-                      fmin(z1, b->ext[2]), &lo, &hi)) {
+    if (!gf_cull_slab(b, gf_max(y0, -b->ext[1]), gf_min(y1, b->ext[1]), gf_max(z0, -b->ext[2]),
+                      gf_min(z1, b->ext[2]), &lo, &hi)) {
         *x0 = 1;
         *x1 = 0;
         return;
     }
     /* clamped as points are: those beyond the grid's edges are in its edge cells */
-    const int64_t c0 = gf_grid_clamp(g, 0, gf_grid_axis_raw(g, 0, b->mean[0] + fmax(lo, -b->ext[0]) - slack));
-    const int64_t c1 = gf_grid_clamp(g, 0, gf_grid_axis_raw(g, 0, b->mean[0] + fmin(hi, b->ext[0]) + slack));
+    const int64_t c0 = gf_grid_clamp(g, 0, gf_grid_axis_raw(g, 0, b->mean[0] + gf_max(lo, -b->ext[0]) - slack));
+    const int64_t c1 = gf_grid_clamp(g, 0, gf_grid_axis_raw(g, 0, b->mean[0] + gf_min(hi, b->ext[0]) + slack));
     if (c0 > *x0) *x0 = c0;
     if (c1 < *x1) *x1 = c1;
 }
