@@ -11,21 +11,10 @@ import torch
 import gaussfield
 import field_reference as fr
 from conftest import make_inputs
+from test_quaternion import sigma_3dgs as quaternion_sigma  # 3DGS's own construction
 
 F64 = torch.float64
 MODES = ["full", "diag", "quat", "sigma", "factor"]
-
-
-def quaternion_sigma(cov):
-    """Sigma of the 3DGS form as 3DGS builds it (R of the normalised quaternion, S =
-    diag(e^s), Sigma = R S S^T R^T): independent of gaussfield's code."""
-    q = cov[:, :4] / cov[:, :4].norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    r, x, y, z = q.unbind(-1)
-    R = torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - r * z), 2 * (x * z + r * y),
-                     2 * (x * y + r * z), 1 - 2 * (x * x + z * z), 2 * (y * z - r * x),
-                     2 * (x * z - r * y), 2 * (y * z + r * x), 1 - 2 * (x * x + y * y)], -1).view(-1, 3, 3)
-    L = R @ torch.diag_embed(torch.exp(cov[:, 4:]))
-    return L @ L.mT
 
 
 def case(mode, B=30, N=9, seed=0, channels=None):

@@ -27,15 +27,20 @@ using BackwardFn = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, double, std::optional<double>, std::array<bool, 4>,
     bool /* whitened */);
 
-// f(x) in closed form, full covariance (cov_tril) parameterisation.
-at::Tensor closed_form(const at::Tensor& x, const at::Tensor& means, const at::Tensor& cov,
-                       const at::Tensor& weights, double eps) {
+// Sigma [N, 3, 3] of the full covariance (cov_tril) parameterisation: L L^T + eps I.
+at::Tensor covariance(const at::Tensor& cov, double eps) {
   auto zero = torch::zeros_like(cov.select(1, 0));
   auto L = torch::stack({torch::stack({cov.select(1, 0).exp(), zero, zero}, -1),
                          torch::stack({cov.select(1, 1), cov.select(1, 2).exp(), zero}, -1),
                          torch::stack({cov.select(1, 3), cov.select(1, 4), cov.select(1, 5).exp()}, -1)},
                         -2);
-  auto sigma = L.matmul(L.transpose(-2, -1)) + eps * torch::eye(3, cov.options());
+  return L.matmul(L.transpose(-2, -1)) + eps * torch::eye(3, cov.options());
+}
+
+// f(x) in closed form, full covariance (cov_tril) parameterisation.
+at::Tensor closed_form(const at::Tensor& x, const at::Tensor& means, const at::Tensor& cov,
+                       const at::Tensor& weights, double eps) {
+  auto sigma = covariance(cov, eps);
   auto p = torch::linalg_inv(sigma);                         // [N, 3, 3]
   auto d = x.unsqueeze(-2) - means;                          // [B, N, 3]
   auto q = (d.unsqueeze(-1) * p * d.unsqueeze(-2)).sum({-1, -2});
@@ -138,12 +143,7 @@ int main() {
   // factors M (whitened = true): what cov means is said by name, never by its shape.
   {
     torch::NoGradGuard no_grad;
-    auto zero = torch::zeros_like(cov.select(1, 0));
-    auto L = torch::stack({torch::stack({cov.select(1, 0).exp(), zero, zero}, -1),
-                           torch::stack({cov.select(1, 1), cov.select(1, 2).exp(), zero}, -1),
-                           torch::stack({cov.select(1, 3), cov.select(1, 4), cov.select(1, 5).exp()}, -1)},
-                          -2);
-    auto sigma = L.matmul(L.transpose(-2, -1)) + eps * torch::eye(3, cov.options());
+    auto sigma = covariance(cov, eps);
     auto M = torch::linalg_inv(torch::linalg_cholesky(sigma));
     auto want = gaussfield::gaussian_field(x, means, cov, weights, eps);
     const double e_sigma = rel_err(gaussfield::gaussian_field(x, means, sigma, weights), want);
