@@ -20,7 +20,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
-#include <cstring>
 
 #include "cull.cuh"
 #include "launch_plan.h"
@@ -264,9 +263,7 @@ __global__ void __launch_bounds__(W *kWarp)
  * The sums do not depend on it: each point adds its cell's records in list order. */
 int points_warps(const gf_params &p, int CB, int sm_count) {
     if (CB > 1) return 4;
-    const char *spec = std::getenv("GAUSSFIELD_CUDA_CONFIG");
-    const char *hit = spec ? std::strstr(spec, "cull_warps=") : nullptr;
-    const int v = hit ? std::atoi(hit + std::strlen("cull_warps=")) : 0;
+    const int v = parse_override(std::getenv("GAUSSFIELD_CUDA_CONFIG"), "cull_warps", 0);
     if (v == 1 || v == 4) return v;
     return p.num_points >= int64_t(16) * kChunk * sm_count ? 1 : 4;
 }

@@ -12,8 +12,6 @@
 
 namespace gf_cuda {
 
-namespace {
-
 int parse_override(const char *spec, const char *key, int fallback) {
     if (!spec) return fallback;
     const char *hit = std::strstr(spec, key);
@@ -21,8 +19,6 @@ int parse_override(const char *spec, const char *key, int fallback) {
     const int v = std::atoi(hit + std::strlen(key) + 1);
     return v > 0 ? v : fallback;
 }
-
-}  // namespace
 
 Plan make_plan(const gf_params &p, bool backward, int sm_count) {
     const int64_t B = p.num_points, N = p.num_gaussians, C = p.num_channels;

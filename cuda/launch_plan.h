@@ -59,6 +59,10 @@ Plan make_plan(const gf_params &p, bool backward, int sm_count);
 /* Its workspace: records, then (backward) the partial sums. */
 Layout make_layout(const gf_params &p, const Plan &plan, bool backward);
 
+/* The value of key in spec ("key=value,..." as GAUSSFIELD_CUDA_CONFIG), or fallback where
+ * spec is NULL, lacks the key or gives no positive integer. */
+int parse_override(const char *spec, const char *key, int fallback);
+
 /* The multiprocessor count of the current device. */
 gf_status sm_count_of_current_device(int *sm_count, int *cuda_error);
 
