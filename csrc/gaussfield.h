@@ -325,6 +325,31 @@ gf_status gf_cpu_culled_backward_gaussians(const gf_params *params, const void *
                                            const void *work, int64_t begin, int64_t end);
 
 /* ---------------------------------------------------------------------------------
+ * Regular grids (voxelize).  The field at the centres of a grid's voxels, without a
+ * point tensor: the grid is its own spatial structure (tiles of voxels, gf_voxel.h).
+ *
+ * The grid spans a box (a parallelepiped: origin plus its three edge vectors) cut into
+ * shape[0] x shape[1] x shape[2] voxels; voxel (i, j, k) has its centre at
+ *     x_r = origin_r + (edges[r][0] (i + 1/2)) / D0 + (edges[r][1] (j + 1/2)) / D1
+ *                    + (edges[r][2] (k + 1/2)) / D2          (gf_grid_centre, in double)
+ * rounded once to the working type: an axis-aligned box [lo, hi] has origin lo and
+ * edges diag(hi - lo); a voxel-to-world affine (A, t) of centres has edges A diag(D) and
+ * origin t - A (1/2, 1/2, 1/2).  A call evaluates the subvolume of size[c] voxels from
+ * offset[c] on, as B = S0 S1 S2 points in row-major order (axis 0 slowest): out is
+ * [S0 S1 S2, C] and grad_out (the backward's) likewise, dense.  Exactly the point stages'
+ * f_k and Gaussian gradients at those points: the same records, the same per-pair test.
+ * In a gf_params for a grid, x is not read and num_points is S0 S1 S2.
+ * --------------------------------------------------------------------------------- */
+typedef struct gf_grid {
+    int64_t shape[3];     /* D0, D1, D2 >= 1: the whole grid */
+    double origin[3];     /* the box's corner */
+    double edges[3][3];   /* edges[r][c]: coordinate r of the box's edge along grid axis c;
+                           * finite, the matrix invertible */
+    int64_t offset[3];    /* first voxel of the subvolume: 0 <= offset[c] */
+    int64_t size[3];      /* its voxels per axis: size[c] >= 0, offset[c] + size[c] <= shape[c] */
+} gf_grid;
+
+/* ---------------------------------------------------------------------------------
  * Second order.  The backward is the vector-Jacobian product (gx, gmu, gM, gw) =
  * J^T G of f at (x, mu, M, w), G = grad_out.  Its own VJP with respect to a cotangent
  * (dir_x, dir_means, dir_cov, dir_weights) = (a_x, a_mu, A, a_w) of those four outputs
@@ -441,6 +466,40 @@ gf_status gf_cuda_double_backward_workspace_bytes(const gf_params *params, size_
  * read, writes the non-NULL of grad_grad_out, grad_x, grad_means, grad_cov, grad_weights. */
 gf_status gf_cuda_double_backward(const gf_params *params, void *workspace,
                                   size_t workspace_bytes, void *stream, int *cuda_error);
+
+/* Voxelize on the GPU (see "Regular grids").  A forward: gf_cuda_voxel_build, then
+ * gf_cuda_voxel_forward with lists of the length the build reported; a backward:
+ * gf_cuda_voxel_build (its list length unused), then gf_cuda_voxel_backward, which needs
+ * no lists.  Results are bitwise reproducible (each voxel's sum over its tile's list in
+ * index order; each Gaussian's over its voxels in a fixed order; no atomics). */
+
+/* Bytes of the structure: the records, each Gaussian's tile count and offset, the
+ * tiles' list starts, the scans' and the backward's temporaries (a function of N, C, the
+ * dtype and the grid's size, never of the data). */
+gf_status gf_cuda_voxel_structure_bytes(const gf_params *params, const gf_grid *grid,
+                                        size_t *bytes, int *cuda_error);
+
+/* Reads means, cov, weights, eps, cutoff; writes the structure and *list_length (the
+ * entries of the tiles' lists; waits for the stream once, to read it). */
+gf_status gf_cuda_voxel_build(const gf_params *params, const gf_grid *grid, void *structure,
+                              size_t structure_bytes, int64_t *list_length, void *stream,
+                              int *cuda_error);
+
+/* Bytes of the lists' workspace of gf_cuda_voxel_forward for list_length entries. */
+gf_status gf_cuda_voxel_lists_bytes(const gf_params *params, const gf_grid *grid,
+                                    int64_t list_length, size_t *bytes, int *cuda_error);
+
+/* Fills the tiles' lists and evaluates the subvolume: reads weights and the structure
+ * of a build with the same params; writes out [S0 S1 S2, C]. */
+gf_status gf_cuda_voxel_forward(const gf_params *params, const gf_grid *grid, void *structure,
+                                size_t structure_bytes, void *lists, size_t lists_bytes,
+                                int64_t list_length, void *stream, int *cuda_error);
+
+/* The backward to the Gaussians from grad_out [S0 S1 S2, C]: reads grad_out, means, cov,
+ * weights and the structure of a build with the same params; writes the non-NULL of
+ * grad_means, grad_cov, grad_weights. */
+gf_status gf_cuda_voxel_backward(const gf_params *params, const gf_grid *grid, void *structure,
+                                 size_t structure_bytes, void *stream, int *cuda_error);
 
 /* Text of a cudaError_t value received through cuda_error; never NULL. */
 const char *gf_cuda_error_string(int cuda_error);

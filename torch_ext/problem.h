@@ -11,6 +11,7 @@
 #include <optional>
 #include <tuple>
 #include <utility>
+#include <vector>
 
 #include "gaussfield.h"
 
@@ -115,6 +116,24 @@ SecondProblem make_second_problem(const std::optional<at::Tensor>& grad_out, con
                                   const std::optional<at::Tensor>& dir_cov,
                                   const std::optional<at::Tensor>& dir_weights,
                                   std::array<bool, 5> output_mask);
+
+// A voxelize problem (the grid's ops): make_problem's checks of means, cov, weights, eps,
+// cutoff and whitened, with no x: shape (each >= 1), origin [3] and edges [9] (row-major,
+// edges[r][c]; finite, the 3x3 matrix invertible), offset and size (>= 0, offset + size <=
+// shape), grad_out (when defined) [S0, S1, S2] or [S0, S1, S2, C] as the result.  params
+// has x NULL, num_points S0 S1 S2, and grid's address is what the C API's voxel
+// functions take beside it.  out_shape is the result's shape.
+struct VoxelProblem {
+  Problem prob;
+  gf_grid grid;
+  std::vector<int64_t> out_shape;
+};
+VoxelProblem make_voxel_problem(const at::Tensor& means, const at::Tensor& cov,
+                                const at::Tensor& weights, c10::IntArrayRef shape,
+                                c10::ArrayRef<double> origin, c10::ArrayRef<double> edges,
+                                c10::IntArrayRef offset, c10::IntArrayRef size, double eps,
+                                std::optional<double> cutoff, bool whitened,
+                                const at::Tensor& grad_out = at::Tensor());
 
 // Low-precision inputs.  The C core computes in float32 or float64; an op that receives
 // a float16 or bfloat16 input computes in float32, or in float64 where another input is
