@@ -386,6 +386,14 @@ VoxelProblem make_voxel_problem(const at::Tensor& means, const at::Tensor& cov,
     TORCH_CHECK(std::isfinite(origin[c]), "origin must be finite, got ", origin);
   }
   for (double e : edges) TORCH_CHECK(std::isfinite(e), "edges must be finite, got ", edges);
+  // (there is no x: the inputs are held to means, before make_problem holds them to x)
+  check_floating(means, "means");
+  for (const auto& [t, name] : {std::pair{&cov, "cov"}, std::pair{&weights, "weights"}}) {
+    TORCH_CHECK(t->scalar_type() == means.scalar_type(), name, " must have the same dtype as "
+                "means (", means.scalar_type(), "), got ", t->scalar_type());
+    TORCH_CHECK(t->device() == means.device(), name, " must be on the same device as means (",
+                means.device(), "), got ", t->device());
+  }
   // the voxel centres as points: make_problem's checks of the Gaussians' inputs
   const at::Tensor x = at::empty({0, 3}, means.options());
   Problem prob = make_problem(x, means, cov, weights, eps, cutoff, whitened);
