@@ -269,3 +269,24 @@ def test_compile_does_not_recompile_per_offset():
         assert torch.equal(f(m, c, w, off), gf.voxelize(m, c, w, shape=(12, 12, 12), cutoff=3.0,
                                                         offset=off, size=(4, 4, 4), **BOX))
     assert len(compiles) <= 2  # the first, and automatic-dynamic's one
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("grid", ["box", "affine"])
+def test_tiles_keep_every_pair_of_tiny_and_huge_gaussians(dtype, grid):
+    """The index-space tiles (gf_voxel.h) never drop a kept pair: a dropped one would
+    differ by about w exp(-k^2 / 2), far beyond these tolerances."""
+    g = torch.Generator().manual_seed(11)
+    n = 40
+    m = torch.rand(n, 3, dtype=D, generator=g) * 2.4 - 1.2
+    # tiny (well under a voxel), voxel-sized, and huge (beyond the box)
+    logs = torch.cat([torch.full((n // 4, 3), -7.0), torch.full((n // 4, 3), -2.5),
+                      torch.full((n // 4, 3), 1.5), torch.randn(n - 3 * (n // 4), 3) - 2.0]).to(D)
+    c = torch.cat([torch.randn(n, 4, dtype=D, generator=g), logs], 1)
+    w = torch.rand(n, dtype=D, generator=g) + 0.5
+    spec = BOX if grid == "box" else dict(affine=AFFINE)
+    mm, cc, ww = m.to(dtype), c.to(dtype), w.to(dtype)
+    for k in (1.0, 3.0):
+        out, ref = _compare(mm, cc, ww, (17, 19, 18), k, **spec)
+        tol = 1e-5 if dtype == torch.float32 else 1e-12
+        torch.testing.assert_close(out, ref, rtol=tol, atol=tol)
