@@ -349,6 +349,83 @@ typedef struct gf_grid {
     int64_t size[3];      /* its voxels per axis: size[c] >= 0, offset[c] + size[c] <= shape[c] */
 } gf_grid;
 
+/* ---- CPU voxelize ------------------------------------------------------------------
+ * The subvolume is cut into tiles, cubes of `side` voxels (gf_voxel.h: the cells of a
+ * gf_cull_plan in index space; side 8, doubled until the tiles number at most
+ * GF_VOXEL_MAX_TILES and at most GF_CULL_MAX_DIM per axis).  The structure holds the
+ * tiles' plan, the voxel-to-world map, each axis' terms of the voxel centres (so that a
+ * stage forms a centre in three additions, bit for bit gf_grid_centre) and the lists'
+ * starts; its size is a function of the grid's subvolume and the dtype alone.
+ *
+ * A forward: gf_cpu_voxel_plan; with a cutoff, gf_cpu_voxel_count over every Gaussian
+ * (ranges on threads, each into its own counts), gf_cpu_voxel_finish with their sum,
+ * gf_cpu_voxel_fill (ranges, each with its own cursors); then gf_cpu_voxel_forward over
+ * the tiles, with the lists, or with lists NULL (every Gaussian for every tile: no
+ * cutoff, or lists the caller will not hold).  A backward: gf_cpu_voxel_plan, then
+ * gf_cpu_voxel_backward_gaussians over the Gaussians (no lists: with a cutoff each
+ * Gaussian walks the tiles its ellipsoid reaches, without one every tile), with the
+ * voxels whose grad_out row is not finite (gf_cpu_voxel_unseen) seen by every Gaussian,
+ * as the dense stages' 0 * NaN sees them.  Every output element has one owner and a
+ * fixed order of summation: results do not depend on the split into ranges. */
+#define GF_VOXEL_MAX_TILES ((int64_t)1 << 21)
+
+/* Whether grid is one the stages take (shape >= 1, size >= 0, offset + size <= shape,
+ * edges finite and invertible, every voxel centre of the subvolume finite in dtype):
+ * GF_OK, or GF_ERR_NULL_POINTER / GF_ERR_BAD_SIZE. */
+gf_status gf_check_grid(const gf_grid *grid, gf_dtype dtype);
+
+/* Bytes of the CPU voxel structure for params (dtype) and grid (0 for a bad grid). */
+size_t gf_cpu_voxel_structure_bytes(const gf_params *params, const gf_grid *grid);
+
+/* Writes the structure: the tiles, the map, the axes' terms.  Reads the grid only;
+ * O(S0 + S1 + S2).  params->num_points must be S0 S1 S2; N <= INT32_MAX (the lists hold
+ * 32-bit indices). */
+gf_status gf_cpu_voxel_plan(const gf_params *params, const gf_grid *grid, void *structure,
+                            size_t structure_bytes);
+
+/* The tiles' plan of a structure (a copy): num_cells tiles, list_length once finished. */
+gf_status gf_cpu_voxel_tiles(const void *structure, gf_cull_plan *tiles);
+
+/* Adds the tiles that Gaussians [begin, end) reach to counts[t] (num_cells entries,
+ * zeroed by the caller).  Reads records, weights; needs a cutoff. */
+gf_status gf_cpu_voxel_count(const gf_params *params, const void *structure, int64_t begin,
+                             int64_t end, int64_t *counts);
+
+/* The lists' starts and length from the tiles' counts summed over every Gaussian. */
+gf_status gf_cpu_voxel_finish(void *structure, const int64_t *counts);
+
+/* The lists' starts (num_cells + 1 entries) and bytes (list_length 32-bit indices) of a
+ * finished structure. */
+const int64_t *gf_cpu_voxel_list_starts(const void *structure);
+size_t gf_cpu_voxel_lists_bytes(const void *structure);
+
+/* Writes the list entries of Gaussians [begin, end), as gf_cpu_cull_fill: each tile's
+ * from cursor[t] on, which it advances; a range's cursors are the starts plus the counts
+ * of the ranges before it, so every list comes out in ascending Gaussian order. */
+gf_status gf_cpu_voxel_fill(const gf_params *params, const void *structure, int64_t begin,
+                            int64_t end, int64_t *cursor, void *lists, size_t lists_bytes);
+
+/* The forward over tiles [begin, end) (0 <= begin <= end <= num_cells): reads records
+ * (and weights when C > 1), the structure and the lists (NULL: every Gaussian in index
+ * order); writes the tiles' rows of out [S0 S1 S2, C]. */
+gf_status gf_cpu_voxel_forward(const gf_params *params, const void *structure,
+                               const void *lists, int64_t begin, int64_t end);
+
+/* The voxels (subvolume indices b, ascending) among [begin, end) whose grad_out row is
+ * not finite: *count of them, written to voxels[] where voxels is not NULL (room for
+ * *count: call once without it to size the array). */
+gf_status gf_cpu_voxel_unseen(const gf_params *params, int64_t begin, int64_t end,
+                              int64_t *voxels, int64_t *count);
+
+/* The backward to Gaussians [begin, end): each sums over the voxels of the tiles it
+ * reaches (every tile without a cutoff; GF_CPU_GAUSSIAN_BLOCK Gaussians per pass
+ * then), then over unseen[0 .. num_unseen) (gf_cpu_voxel_unseen's voxels) that its tiles
+ * do not hold; reads grad_out [S0 S1 S2, C], means, cov, weights, records; writes those
+ * rows of the non-NULL of grad_means, grad_cov, grad_weights. */
+gf_status gf_cpu_voxel_backward_gaussians(const gf_params *params, const void *structure,
+                                          const int64_t *unseen, int64_t num_unseen,
+                                          int64_t begin, int64_t end);
+
 /* ---------------------------------------------------------------------------------
  * Second order.  The backward is the vector-Jacobian product (gx, gmu, gM, gw) =
  * J^T G of f at (x, mu, M, w), G = grad_out.  Its own VJP with respect to a cotangent

@@ -11,6 +11,7 @@
 #include "gf_common.h"
 #include "gf_math.h"
 #include "gf_spatial.h"
+#include "gf_voxel.h"
 
 int64_t gf_cov_num_params(gf_cov_mode mode) { return gf_cov_params(mode); }
 
@@ -98,5 +99,35 @@ gf_status gf_check_cull_plan(const gf_cull_plan *plan) {
         plan->dims[0] * plan->dims[1] * plan->dims[2] != plan->num_cells ||
         !(plan->cell_size > 0.0))
         return GF_ERR_BAD_SIZE;
+    return GF_OK;
+}
+
+/* Shared by the CPU and CUDA voxel stages (gaussfield.h, "CPU voxelize"). */
+gf_status gf_check_grid(const gf_grid *g, gf_dtype dtype) {
+    if (!g) return GF_ERR_NULL_POINTER;
+    if (dtype != GF_FLOAT32 && dtype != GF_FLOAT64) return GF_ERR_BAD_DTYPE;
+    for (int c = 0; c < 3; ++c) {
+        if (g->shape[c] < 1 || g->offset[c] < 0 || g->size[c] < 0 ||
+            g->offset[c] > g->shape[c] - g->size[c])
+            return GF_ERR_BAD_SIZE;
+        if (!isfinite(g->origin[c])) return GF_ERR_BAD_SIZE;
+        for (int r = 0; r < 3; ++r)
+            if (!isfinite(g->edges[r][c])) return GF_ERR_BAD_SIZE;
+    }
+    gf_grid_map map;
+    if (!gf_grid_map_init(g, dtype, &map)) return GF_ERR_BAD_SIZE;
+    /* the centres' coordinates are extreme at the corners (affine in the indices): a
+     * corner finite in the dtype keeps every centre finite */
+    if (g->size[0] > 0 && g->size[1] > 0 && g->size[2] > 0) {
+        const double big = dtype == GF_FLOAT32 ? (double)FLT_MAX : DBL_MAX;
+        for (int corner = 0; corner < 8; ++corner) {
+            double x[3];
+            gf_grid_centre(g, g->offset[0] + ((corner & 1) ? g->size[0] - 1 : 0),
+                           g->offset[1] + ((corner & 2) ? g->size[1] - 1 : 0),
+                           g->offset[2] + ((corner & 4) ? g->size[2] - 1 : 0), x);
+            for (int r = 0; r < 3; ++r)
+                if (!(fabs(x[r]) <= big)) return GF_ERR_BAD_SIZE;
+        }
+    }
     return GF_OK;
 }

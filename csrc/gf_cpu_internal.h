@@ -8,6 +8,7 @@
 
 #include "gaussfield.h"
 #include "gf_common.h"
+#include "gf_voxel.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -42,6 +43,34 @@ typedef struct gf_cull_view {
 typedef void (*gf_cull_range_fn)(const gf_params *params, const gf_cull_plan *plan,
                                  const gf_cull_view *view, int64_t begin, int64_t end);
 
+/* A voxel structure (gf_cpu_voxel.c lays it out) as typed arrays and values:
+ *   tiles       the tiles' plan (index space, gf_voxel.h), side voxels per tile edge
+ *   size        the subvolume's voxels per axis (S0, S1, S2)
+ *   origin      [3]           the grid's origin
+ *   terms[c]    [S_c, 3]      the term of axis c of a voxel's centre, coordinate r at
+ *                             [s * 3 + r] for subvolume index s: edges[r][c] (offset[c] +
+ *                             s + 1/2) / D_c, so that the centre is ((origin + terms[0]) +
+ *                             terms[1]) + terms[2], gf_grid_centre's sum in its order
+ *   list_start  [num_tiles + 1]  Gaussians of tile t: list[list_start[t] .. [t + 1])
+ *   list        [list_length] Gaussian indices, ascending within a tile; NULL: every
+ *                             Gaussian for every tile
+ *   unseen      [num_unseen]  the backward's voxels that every Gaussian sees (ascending) */
+typedef struct gf_voxel_view {
+    const gf_cull_plan *tiles;
+    const gf_grid_map *map;
+    int64_t side;
+    int64_t size[3];
+    const double *origin;
+    const double *terms[3];
+    const int64_t *list_start;
+    const int32_t *list;
+    const int64_t *unseen;
+    int64_t num_unseen;
+} gf_voxel_view;
+
+typedef void (*gf_voxel_range_fn)(const gf_params *params, const gf_voxel_view *view,
+                                  int64_t begin, int64_t end);
+
 /* The loops of one instruction set, indexed by gf_dtype. */
 typedef struct gf_cpu_kernels {
     const char *isa;
@@ -51,6 +80,8 @@ typedef struct gf_cpu_kernels {
     gf_cull_range_fn culled_forward[2];          /* over cells */
     gf_cull_range_fn culled_backward_points[2];  /* over cells */
     gf_cull_range_fn culled_backward_gaussians[2]; /* over Gaussians */
+    gf_voxel_range_fn voxel_forward[2];            /* over tiles */
+    gf_voxel_range_fn voxel_backward_gaussians[2]; /* over Gaussians */
 } gf_cpu_kernels;
 
 /* The loops chosen for this processor (at the first call). */

@@ -8,6 +8,7 @@
 #include "gf_cpu_internal.h"
 #include "gf_math.h"
 #include "gf_spatial.h"
+#include "gf_voxel.h"
 
 #ifndef GF_ISA
 #define GF_ISA generic
@@ -57,4 +58,7 @@ const gf_cpu_kernels GF_PASTE2(gf_cpu_kernels_, GF_ISA) = {
      GF_PASTE4(gf_culled_backward_points, _f64_, GF_ISA, )},
     {GF_PASTE4(gf_culled_backward_gaussians, _f32_, GF_ISA, ),
      GF_PASTE4(gf_culled_backward_gaussians, _f64_, GF_ISA, )},
+    {GF_PASTE4(gf_voxel_forward, _f32_, GF_ISA, ), GF_PASTE4(gf_voxel_forward, _f64_, GF_ISA, )},
+    {GF_PASTE4(gf_voxel_backward_gaussians, _f32_, GF_ISA, ),
+     GF_PASTE4(gf_voxel_backward_gaussians, _f64_, GF_ISA, )},
 };

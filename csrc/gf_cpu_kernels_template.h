@@ -55,17 +55,28 @@ typedef GF_TYPE(gf_record) GF_KERNEL(rec_t);
 
 /* Copy points GF_ROW(idx, b0, i), i < n, of x (and channel c of grad_out) into SoA
  * arrays; pad to `padded` with zeros so that vector loops can run over whole tiles
- * (padded lanes are dropped, or add exactly 0 through a zero grad). */
+ * (padded lanes are dropped, or add exactly 0 through a zero grad).  Where the points
+ * are no rows of x (a grid's voxel centres, formed by load_voxels), `soa` holds their
+ * coordinates already (soa[0..2][i], the working type) and the rows are those of out and
+ * grad_out alone: the pair loops stay the same for points and voxels. */
 static void GF_KERNEL(load_points)(const gf_params *p, const int64_t *idx, int64_t b0, int64_t n,
                                    int64_t padded, GF_T *px, GF_T *py, GF_T *pz, GF_T *pg,
-                                   int64_t c) {
-    const GF_T *x = (const GF_T *)p->x;
-    const int64_t s0 = p->x_stride[0], s1 = p->x_stride[1];
-    for (int64_t i = 0; i < n; ++i) {
-        const GF_T *row = x + GF_ROW(idx, b0, i) * s0;
-        px[i] = row[0];
-        py[i] = row[s1];
-        pz[i] = row[2 * s1];
+                                   int64_t c, const GF_T *const *soa) {
+    if (soa) {
+        for (int64_t i = 0; i < n; ++i) {
+            px[i] = soa[0][i];
+            py[i] = soa[1][i];
+            pz[i] = soa[2][i];
+        }
+    } else {
+        const GF_T *x = (const GF_T *)p->x;
+        const int64_t s0 = p->x_stride[0], s1 = p->x_stride[1];
+        for (int64_t i = 0; i < n; ++i) {
+            const GF_T *row = x + GF_ROW(idx, b0, i) * s0;
+            px[i] = row[0];
+            py[i] = row[s1];
+            pz[i] = row[2 * s1];
+        }
     }
     for (int64_t i = n; i < padded; ++i) px[i] = py[i] = pz[i] = 0;
     if (pg) {
@@ -117,14 +128,15 @@ GF_INLINE void GF_KERNEL(tile_values)(const GF_KERNEL(rec_t) *r, int lanes, cons
 /* The forward of one tile: n <= GF_TILE points (rows GF_ROW(idx, b0, i)) over ng
  * Gaussians (glist[j], or j when glist is NULL), each point's sum in that order. */
 static void GF_KERNEL(forward_tile)(const gf_params *p, const int64_t *idx, int64_t b0,
-                                    int64_t n, const int32_t *glist, int64_t ng) {
+                                    int64_t n, const int32_t *glist, int64_t ng,
+                                    const GF_T *const *soa) {
     const GF_KERNEL(rec_t) *rec = (const GF_KERNEL(rec_t) *)p->records;
     const int64_t nc = p->num_channels;
     const int cut = gf_has_cutoff(p->cutoff);
     GF_T *out = (GF_T *)p->out;
     GF_T px[GF_TILE], py[GF_TILE], pz[GF_TILE], acc[GF_TILE];
     const int lanes = GF_LANES(idx, n);
-    GF_KERNEL(load_points)(p, idx, b0, n, GF_TILE, px, py, pz, 0, 0);
+    GF_KERNEL(load_points)(p, idx, b0, n, GF_TILE, px, py, pz, 0, 0, soa);
     if (nc == 1) {
         for (int i = 0; i < GF_TILE; ++i) acc[i] = 0;
         for (int64_t j = 0; j < ng; ++j) {
@@ -160,7 +172,7 @@ static void GF_KERNEL(forward_tile)(const gf_params *p, const int64_t *idx, int6
 void GF_KERNEL(gf_forward)(const gf_params *p, int64_t begin, int64_t end) {
     for (int64_t b0 = begin; b0 < end; b0 += GF_TILE) {
         const int64_t n = end - b0 < GF_TILE ? end - b0 : GF_TILE;
-        GF_KERNEL(forward_tile)(p, 0, b0, n, 0, p->num_gaussians);
+        GF_KERNEL(forward_tile)(p, 0, b0, n, 0, p->num_gaussians, 0);
     }
 }
 
@@ -205,7 +217,7 @@ static void GF_KERNEL(points_tile)(const gf_params *p, const int64_t *idx, int64
     GF_T vx[GF_TILE], vy[GF_TILE], vz[GF_TILE];
     const GF_T minus_two_ln2 = (GF_T)(-GF_TWO_LN2);
     const int lanes = GF_LANES(idx, n);
-    GF_KERNEL(load_points)(p, idx, b0, n, GF_TILE, px, py, pz, nc == 1 ? pg : 0, 0);
+    GF_KERNEL(load_points)(p, idx, b0, n, GF_TILE, px, py, pz, nc == 1 ? pg : 0, 0, 0);
     for (int i = 0; i < GF_TILE; ++i) vx[i] = vy[i] = vz[i] = 0;
     for (int64_t j = 0; j < ng; ++j) {
         const int64_t g = glist ? glist[j] : j;
@@ -281,7 +293,8 @@ GF_INLINE void GF_KERNEL(tile_gaussian_sums)(const GF_KERNEL(rec_t) *r, int64_t 
  * [c0, c0 + ncb) in wsum, and the geometric sums only when `geometry` is set.  Tile sums
  * are formed in GF_T and added in double. */
 static void GF_KERNEL(sums_tile)(const gf_params *p, const int64_t *idx, int64_t b0, int64_t n,
-                                 int64_t g0, int64_t ng, int geometry, int64_t c0, int64_t ncb,
+                                 const GF_T *const *soa, int64_t g0, int64_t ng, int geometry,
+                                 int64_t c0, int64_t ncb,
                                  double sums[GF_CPU_GAUSSIAN_BLOCK][GF_NUM_SUMS],
                                  double wsum[GF_CPU_GAUSSIAN_BLOCK][GF_CPU_CHANNEL_BLOCK]) {
     const GF_KERNEL(rec_t) *rec = (const GF_KERNEL(rec_t) *)p->records;
@@ -291,7 +304,7 @@ static void GF_KERNEL(sums_tile)(const gf_params *p, const int64_t *idx, int64_t
     GF_T s[GF_NUM_SUMS], sw;
     /* padded points have grad 0, so they add exactly 0 to every sum */
     const int64_t padded = (n + 15) & ~(int64_t)15;
-    GF_KERNEL(load_points)(p, idx, b0, n, padded, px, py, pz, nc == 1 ? pg : 0, 0);
+    GF_KERNEL(load_points)(p, idx, b0, n, padded, px, py, pz, nc == 1 ? pg : 0, 0, soa);
     for (int64_t j = 0; j < ng; ++j) {
         if (nc == 1) {
 #define GF_CALL(k) GF_KERNEL(tile_gaussian_sums)(rec + g0 + j, padded, px, py, pz, pg, 0, 0, s, &sw, k)
@@ -334,7 +347,7 @@ static void GF_KERNEL(dense_sums)(const gf_params *p, const void *ctx, int64_t g
     (void)ctx;
     for (int64_t b0 = 0; b0 < p->num_points; b0 += GF_BTILE) {
         const int64_t n = p->num_points - b0 < GF_BTILE ? p->num_points - b0 : GF_BTILE;
-        GF_KERNEL(sums_tile)(p, 0, b0, n, g0, ng, geometry, c0, ncb, sums, wsum);
+        GF_KERNEL(sums_tile)(p, 0, b0, n, 0, g0, ng, geometry, c0, ncb, sums, wsum);
     }
 }
 
@@ -434,7 +447,7 @@ static void GF_KERNEL(culled_cells)(const gf_params *p, const gf_cull_plan *plan
             if (grad_x)
                 GF_KERNEL(points_tile)(p, view->point_order + b0, 0, n, glist, ng);
             else
-                GF_KERNEL(forward_tile)(p, view->point_order + b0, 0, n, glist, ng);
+                GF_KERNEL(forward_tile)(p, view->point_order + b0, 0, n, glist, ng, 0);
         }
     }
 }
@@ -489,7 +502,7 @@ static void GF_KERNEL(culled_sums)(const gf_params *p, const void *ctx, int64_t 
             for (int64_t k_ = (first_); k_ < (last_); ++k_) {                              \
                 idx[n++] = view->point_order[k_];                                          \
                 if (n == GF_BTILE) {                                                       \
-                    GF_KERNEL(sums_tile)(p, idx, 0, n, g0, 1, geometry, c0, ncb, sums, wsum); \
+                    GF_KERNEL(sums_tile)(p, idx, 0, n, 0, g0, 1, geometry, c0, ncb, sums, wsum); \
                     n = 0;                                                                 \
                 }                                                                          \
             }                                                                              \
@@ -511,11 +524,11 @@ static void GF_KERNEL(culled_sums)(const gf_params *p, const void *ctx, int64_t 
         if (gf_cull_box_reaches_cell(plan, &box, view->extra_cell[e])) continue;
         idx[n++] = view->point_order[view->extra[e]];
         if (n == GF_BTILE) {
-            GF_KERNEL(sums_tile)(p, idx, 0, n, g0, 1, geometry, c0, ncb, sums, wsum);
+            GF_KERNEL(sums_tile)(p, idx, 0, n, 0, g0, 1, geometry, c0, ncb, sums, wsum);
             n = 0;
         }
     }
-    if (n > 0) GF_KERNEL(sums_tile)(p, idx, 0, n, g0, 1, geometry, c0, ncb, sums, wsum);
+    if (n > 0) GF_KERNEL(sums_tile)(p, idx, 0, n, 0, g0, 1, geometry, c0, ncb, sums, wsum);
 }
 
 void GF_KERNEL(gf_culled_backward_gaussians)(const gf_params *p, const gf_cull_plan *plan,
@@ -523,6 +536,142 @@ void GF_KERNEL(gf_culled_backward_gaussians)(const gf_params *p, const gf_cull_p
                                              int64_t end) {
     const GF_KERNEL(cull_ctx) ctx = {plan, view};
     GF_KERNEL(backward_gaussians_with)(p, begin, end, 1, GF_KERNEL(culled_sums), &ctx);
+}
+
+/* ---- voxel loops -----------------------------------------------------------------
+ * The same tiles again, their points a grid's voxel centres (load_voxels): a tile of
+ * voxels over its list of Gaussians (or all of them) in GF_TILE chunks, and a Gaussian
+ * over the voxels of the tiles it reaches (gf_cull_rows' walk order; every tile without
+ * a cutoff, GF_CPU_GAUSSIAN_BLOCK Gaussians per pass), GF_BTILE voxels per chunk, then
+ * the unseen voxels (non-finite grad_out) that its tiles do not hold. */
+
+/* The voxels of tile t: its first subvolume index along each axis and its extent. */
+static int64_t GF_KERNEL(tile_box)(const gf_voxel_view *v, int64_t t, int64_t first[3],
+                                   int64_t count[3]) {
+    const int64_t *dims = v->tiles->dims;
+    const int64_t at[3] = {t % dims[0], t / dims[0] % dims[1], t / (dims[0] * dims[1])};
+    for (int c = 0; c < 3; ++c) {
+        first[c] = at[c] * v->side;
+        const int64_t left = v->size[c] - first[c];
+        count[c] = left < v->side ? left : v->side;
+    }
+    return count[0] * count[1] * count[2];
+}
+
+/* The centre of subvolume voxel (i, j, k), in gf_grid_centre's sum and order, rounded
+ * once to GF_T. */
+GF_INLINE void GF_KERNEL(voxel_centre)(const gf_voxel_view *v, int64_t i, int64_t j, int64_t k,
+                                       GF_T *x, GF_T *y, GF_T *z) {
+    const double *t0 = v->terms[0] + 3 * i, *t1 = v->terms[1] + 3 * j, *t2 = v->terms[2] + 3 * k;
+    *x = (GF_T)(((v->origin[0] + t0[0]) + t1[0]) + t2[0]);
+    *y = (GF_T)(((v->origin[1] + t0[1]) + t1[1]) + t2[1]);
+    *z = (GF_T)(((v->origin[2] + t0[2]) + t1[2]) + t2[2]);
+}
+
+/* Positions [first, first + n) of tile t's voxels (row-major in the tile, axis 2
+ * fastest): their centres in SoA and their rows b = (i S1 + j) S2 + k. */
+static void GF_KERNEL(load_voxels)(const gf_voxel_view *v, int64_t t, int64_t first, int64_t n,
+                                   GF_T *px, GF_T *py, GF_T *pz, int64_t *rows) {
+    int64_t lo[3], cnt[3];
+    GF_KERNEL(tile_box)(v, t, lo, cnt);
+    const int64_t plane = cnt[1] * cnt[2];
+    int64_t a = first / plane, b = first % plane / cnt[2], c = first % cnt[2];
+    for (int64_t q = 0; q < n; ++q) {
+        const int64_t i = lo[0] + a, j = lo[1] + b, k = lo[2] + c;
+        GF_KERNEL(voxel_centre)(v, i, j, k, px + q, py + q, pz + q);
+        rows[q] = (i * v->size[1] + j) * v->size[2] + k;
+        if (++c == cnt[2]) {
+            c = 0;
+            if (++b == cnt[1]) b = 0, ++a;
+        }
+    }
+}
+
+/* The tile of subvolume voxel b. */
+static int64_t GF_KERNEL(tile_of)(const gf_voxel_view *v, int64_t b) {
+    const int64_t k = b % v->size[2], ij = b / v->size[2];
+    const int64_t i = ij / v->size[1], j = ij % v->size[1];
+    const int64_t *dims = v->tiles->dims;
+    return i / v->side + dims[0] * (j / v->side + dims[1] * (k / v->side));
+}
+
+void GF_KERNEL(gf_voxel_forward)(const gf_params *p, const gf_voxel_view *v, int64_t begin,
+                                 int64_t end) {
+    GF_T px[GF_TILE], py[GF_TILE], pz[GF_TILE];
+    int64_t rows[GF_TILE];
+    const GF_T *const soa[3] = {px, py, pz};
+    for (int64_t t = begin; t < end; ++t) {
+        int64_t lo[3], cnt[3];
+        const int64_t nv = GF_KERNEL(tile_box)(v, t, lo, cnt);
+        const int32_t *glist = v->list ? v->list + v->list_start[t] : 0;
+        const int64_t ng = v->list ? v->list_start[t + 1] - v->list_start[t] : p->num_gaussians;
+        for (int64_t first = 0; first < nv; first += GF_TILE) {
+            const int64_t n = nv - first < GF_TILE ? nv - first : GF_TILE;
+            GF_KERNEL(load_voxels)(v, t, first, n, px, py, pz, rows);
+            /* an empty list still writes the chunk's zeros */
+            GF_KERNEL(forward_tile)(p, rows, 0, n, glist, ng, soa);
+        }
+    }
+}
+
+/* The sums of Gaussians [g0, g0 + ng) over their voxels: without a cutoff every tile
+ * (ng up to a block), with one the tiles of the Gaussian's box walk (ng == 1), then the
+ * unseen voxels outside them, gathered. */
+static void GF_KERNEL(voxel_sums)(const gf_params *p, const void *ctx, int64_t g0, int64_t ng,
+                                  int geometry, int64_t c0, int64_t ncb,
+                                  double sums[GF_CPU_GAUSSIAN_BLOCK][GF_NUM_SUMS],
+                                  double wsum[GF_CPU_GAUSSIAN_BLOCK][GF_CPU_CHANNEL_BLOCK]) {
+    const gf_voxel_view *v = (const gf_voxel_view *)ctx;
+    GF_T px[GF_BTILE], py[GF_BTILE], pz[GF_BTILE];
+    int64_t rows[GF_BTILE];
+    const GF_T *const soa[3] = {px, py, pz};
+    /* the voxels of tiles first..last (linear indices), chunk by chunk */
+#define GF_TILES(first_, last_)                                                            \
+    for (int64_t t_ = (first_); t_ <= (last_); ++t_) {                                     \
+        int64_t lo_[3], cnt_[3];                                                           \
+        const int64_t nv_ = GF_KERNEL(tile_box)(v, t_, lo_, cnt_);                         \
+        for (int64_t a_ = 0; a_ < nv_; a_ += GF_BTILE) {                                   \
+            const int64_t n_ = nv_ - a_ < GF_BTILE ? nv_ - a_ : GF_BTILE;                  \
+            GF_KERNEL(load_voxels)(v, t_, a_, n_, px, py, pz, rows);                       \
+            GF_KERNEL(sums_tile)(p, rows, 0, n_, soa, g0, ng, geometry, c0, ncb, sums, wsum); \
+        }                                                                                  \
+    }
+    if (!gf_has_cutoff(p->cutoff)) {
+        GF_TILES(0, v->tiles->num_cells - 1);
+        return;
+    }
+    const GF_KERNEL(rec_t) *r = (const GF_KERNEL(rec_t) *)p->records + g0;
+    const double mean[3] = {r->mx, r->my, r->mz};
+    const double m[6] = {r->m00, r->m10, r->m11, r->m20, r->m21, r->m22};
+    gf_cull_box box;
+    gf_voxel_box_init(v->tiles, v->map, mean, m, (double)r->nkq, gf_cull_reaches_all(p, g0),
+                      &box);
+    gf_cull_rows it;
+    gf_cull_rows_begin(&box, &it);
+    for (int64_t first, last; gf_cull_rows_next(v->tiles, &box, &it, &first, &last);) {
+        GF_TILES(first, last);
+    }
+#undef GF_TILES
+    int64_t n = 0;
+    for (int64_t e = 0; e < v->num_unseen; ++e) {
+        const int64_t b = v->unseen[e];
+        /* each voxel once: not where the Gaussian's tiles already hold it */
+        if (gf_cull_box_reaches_cell(v->tiles, &box, GF_KERNEL(tile_of)(v, b))) continue;
+        const int64_t k = b % v->size[2], ij = b / v->size[2];
+        GF_KERNEL(voxel_centre)(v, ij / v->size[1], ij % v->size[1], k, px + n, py + n, pz + n);
+        rows[n++] = b;
+        if (n == GF_BTILE) {
+            GF_KERNEL(sums_tile)(p, rows, 0, n, soa, g0, 1, geometry, c0, ncb, sums, wsum);
+            n = 0;
+        }
+    }
+    if (n > 0) GF_KERNEL(sums_tile)(p, rows, 0, n, soa, g0, 1, geometry, c0, ncb, sums, wsum);
+}
+
+void GF_KERNEL(gf_voxel_backward_gaussians)(const gf_params *p, const gf_voxel_view *v,
+                                            int64_t begin, int64_t end) {
+    const int64_t block = gf_has_cutoff(p->cutoff) ? 1 : GF_CPU_GAUSSIAN_BLOCK;
+    GF_KERNEL(backward_gaussians_with)(p, begin, end, block, GF_KERNEL(voxel_sums), v);
 }
 
 #undef GF_TILE

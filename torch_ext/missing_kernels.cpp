@@ -96,6 +96,7 @@ void missing_kernel(const c10::OperatorHandle& op, c10::DispatchKeySet keys,
 constexpr const char* kOps[] = {
     "gaussian_field",        "gaussian_field_backward",         "gaussian_field_double_backward",
     "_gaussian_field_culled", "_gaussian_field_culled_backward", "_culling_stats",
+    "voxelize",              "voxelize_backward",
 };
 
 void register_missing(torch::Library& m) {

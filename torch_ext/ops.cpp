@@ -363,6 +363,76 @@ BackwardProblem make_backward_problem(const at::Tensor& grad_out, const at::Tens
   return b;
 }
 
+VoxelProblem make_voxel_problem(const at::Tensor& means, const at::Tensor& cov,
+                                const at::Tensor& weights, c10::IntArrayRef shape,
+                                c10::ArrayRef<double> origin, c10::ArrayRef<double> edges,
+                                c10::IntArrayRef offset, c10::IntArrayRef size, double eps,
+                                std::optional<double> cutoff, bool whitened,
+                                const at::Tensor& grad_out) {
+  TORCH_CHECK(means.defined() && cov.defined() && weights.defined(),
+              "gaussfield: means, cov and weights must all be tensors");
+  TORCH_CHECK(shape.size() == 3, "shape must have 3 entries (D0, D1, D2), got ", shape);
+  TORCH_CHECK(offset.size() == 3, "offset must have 3 entries, got ", offset);
+  TORCH_CHECK(size.size() == 3, "size must have 3 entries, got ", size);
+  TORCH_CHECK(origin.size() == 3, "origin must have 3 values, got ", origin.size());
+  TORCH_CHECK(edges.size() == 9, "edges must have 9 values (a 3x3 matrix, row-major), got ",
+              edges.size());
+  for (int c = 0; c < 3; ++c) {
+    TORCH_CHECK(shape[c] >= 1, "shape must have entries >= 1, got ", shape);
+    TORCH_CHECK(offset[c] >= 0, "offset must have entries >= 0, got ", offset);
+    TORCH_CHECK(size[c] >= 0, "size must have entries >= 0, got ", size);
+    TORCH_CHECK(offset[c] + size[c] <= shape[c], "offset + size must be <= shape on every "
+                "axis, got offset ", offset, ", size ", size, ", shape ", shape);
+    TORCH_CHECK(std::isfinite(origin[c]), "origin must be finite, got ", origin);
+  }
+  for (double e : edges) TORCH_CHECK(std::isfinite(e), "edges must be finite, got ", edges);
+  // (there is no x: the inputs are held to means, before make_problem holds them to x)
+  check_floating(means, "means");
+  for (const auto& [t, name] : {std::pair{&cov, "cov"}, std::pair{&weights, "weights"}}) {
+    TORCH_CHECK(t->scalar_type() == means.scalar_type(), name, " must have the same dtype as "
+                "means (", means.scalar_type(), "), got ", t->scalar_type());
+    TORCH_CHECK(t->device() == means.device(), name, " must be on the same device as means (",
+                means.device(), "), got ", t->device());
+  }
+  // the voxel centres as points: make_problem's checks of the Gaussians' inputs
+  const at::Tensor x = at::empty({0, 3}, means.options());
+  Problem prob = make_problem(x, means, cov, weights, eps, cutoff, whitened);
+  gf_grid g{};
+  for (int c = 0; c < 3; ++c) {
+    g.shape[c] = shape[c];
+    g.offset[c] = offset[c];
+    g.size[c] = size[c];
+    g.origin[c] = origin[c];
+    for (int r = 0; r < 3; ++r) g.edges[r][c] = edges[3 * r + c];
+  }
+  const gf_status st = gf_check_grid(&g, prob.params.dtype);
+  TORCH_CHECK(st == GF_OK, "edges must be an invertible 3x3 matrix whose voxel centres are "
+              "finite in ", means.scalar_type(), " (the box's edge vectors, edges[r][c] = "
+              "coordinate r of the edge along grid axis c), got ", edges, " with origin ",
+              origin);
+  std::vector<int64_t> out_shape{size[0], size[1], size[2]};
+  if (weights.dim() == 2) out_shape.push_back(weights.size(1));
+  gf_params& p = prob.params;
+  p.x = nullptr;
+  p.x_stride[0] = p.x_stride[1] = 0;
+  p.num_points = size[0] * size[1] * size[2];
+  if (grad_out.defined()) {
+    TORCH_CHECK(grad_out.sizes() == at::IntArrayRef(out_shape),
+                "grad_out must have the shape of the result (size",
+                weights.dim() == 2 ? " + (C,)" : "", ") = ", at::IntArrayRef(out_shape),
+                ", got ", grad_out.sizes());
+    TORCH_CHECK(grad_out.scalar_type() == means.scalar_type(),
+                "grad_out must have the same dtype as means (", means.scalar_type(), "), got ",
+                grad_out.scalar_type());
+    TORCH_CHECK(grad_out.device() == means.device(), "grad_out must be on the same device as "
+                "means (", means.device(), "), got ", grad_out.device());
+    at::Tensor flat = grad_out.reshape({-1, p.num_channels});
+    set_input(flat, &p.grad_out, p.grad_out_stride);
+    prob.grad_out_flat = flat;
+  }
+  return {std::move(prob), g, std::move(out_shape)};
+}
+
 void check_structure_tensor(const at::Tensor& structure, int64_t bytes, const at::Tensor& x) {
   TORCH_CHECK(structure.scalar_type() == at::kByte && structure.dim() == 1 &&
                   structure.numel() == bytes && structure.is_contiguous(),
@@ -417,6 +487,19 @@ TORCH_LIBRARY(gaussfield, m) {
       "_gaussian_field_culled_backward(Tensor grad_out, Tensor x, Tensor means, Tensor cov, "
       "Tensor weights, float eps, float cutoff, Tensor structure, bool[4] output_mask, *, "
       "bool whitened=False) -> (Tensor, Tensor, Tensor, Tensor)");
+  // The field at the centres of a regular grid's voxels (csrc/gaussfield.h, "Regular
+  // grids"): the box is origin [3] + edges [9] (row-major, edges[r][c] = coordinate r of
+  // the box's edge along grid axis c); offset and size the subvolume evaluated (SymInts,
+  // so that torch.compile does not specialise on them).  -> [S0, S1, S2] (+ [C]).
+  m.def(
+      "voxelize(Tensor means, Tensor cov, Tensor weights, SymInt[3] shape, float[] origin, "
+      "float[] edges, SymInt[3] offset, SymInt[3] size, float eps, float? cutoff, *, "
+      "bool whitened=False) -> Tensor");
+  m.def(
+      "voxelize_backward(Tensor grad_out, Tensor means, Tensor cov, Tensor weights, "
+      "SymInt[3] shape, float[] origin, float[] edges, SymInt[3] offset, SymInt[3] size, "
+      "float eps, float? cutoff, bool[3] output_mask, *, bool whitened=False) -> (Tensor, "
+      "Tensor, Tensor)");
   // Benchmarks' view of the culling plan (CPU tensors; see cpu.cpp): not part of the
   // differentiable API.
   m.def(

@@ -7,6 +7,8 @@ evaluated, with its gradients, in one pass over the Gaussian-point pairs, on the
 on CUDA GPUs, in memory that grows with B + N (never B x N).
 
 * :func:`gaussian_field` - the functional operator; :data:`DEFAULT_EPS` its default eps.
+* :func:`voxelize` - the field at the centres of a regular grid's voxels, without a
+  point tensor; :func:`voxel_centres` - those centres.
 * :class:`GaussianField` (:mod:`gaussfield.module`) - an ``nn.Module`` with the
   parameters, initialisation and ``state_dict`` of the notebook's
   ``FastLearnableGaussianField``.
@@ -35,13 +37,15 @@ from . import autograd as _autograd  # noqa: E402, F401
 from ._common import DEFAULT_EPS  # noqa: E402
 from .module import GaussianField  # noqa: E402
 from .notebook import fused_forward  # noqa: E402
-from .ops import culling_stats, gaussian_field  # noqa: E402
+from .ops import culling_stats, gaussian_field, voxel_centres, voxelize  # noqa: E402
 from .reference import gaussian_field_reference, inverse_covariance  # noqa: E402
 
 __version__ = "0.2.0"
 
 __all__ = [
     "gaussian_field",
+    "voxelize",
+    "voxel_centres",
     "culling_stats",
     "DEFAULT_EPS",
     "GaussianField",

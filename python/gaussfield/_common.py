@@ -123,3 +123,106 @@ def check_covariance_matrices(sigma):
         f"symmetric part has no Cholesky factor in float64){values}. If cov is a "
         "whitening factor M, pass whitened=True (gaussfield 0.2 reads an unnamed "
         "[N, 3, 3] as Sigma)")
+
+
+# ---- regular grids (voxelize) ----------------------------------------------------------
+
+def _as_int(v, name):
+    """An int (or a SymInt under torch.compile) or a TypeError naming the argument."""
+    if isinstance(v, bool) or not isinstance(v, (int, torch.SymInt)):
+        try:
+            import operator
+            return operator.index(v)
+        except TypeError:
+            raise TypeError(f"{name} must hold integers, got {v!r}") from None
+    return v
+
+
+def grid_ints(values, name, minimum):
+    """Three integers >= minimum as a list, or a ValueError / TypeError naming ``name``."""
+    try:
+        vals = list(values)
+    except TypeError:
+        raise TypeError(f"{name} must be 3 integers, got {values!r}") from None
+    if len(vals) != 3:
+        raise ValueError(f"{name} must be 3 integers, got {values!r}")
+    vals = [_as_int(v, name) for v in vals]
+    for v in vals:
+        if not isinstance(v, torch.SymInt) and v < minimum:
+            raise ValueError(f"{name} must have entries >= {minimum}, got {tuple(vals)}")
+        torch._check(v >= minimum, lambda: f"{name} must have entries >= {minimum}")
+    return vals
+
+
+def _floats(values, name, count):
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().double().reshape(-1).tolist()
+    try:
+        vals = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be {count} numbers, got {values!r}") from None
+    if len(vals) != count:
+        raise ValueError(f"{name} must be {count} numbers, got {values!r}")
+    if not all(math.isfinite(v) for v in vals):
+        raise ValueError(f"{name} must be finite, got {vals}")
+    return vals
+
+
+def grid_geometry(shape, lo=None, hi=None, affine=None):
+    """The grid's box as the C core takes it (gf_grid): ``origin`` (3 floats) and
+    ``edges`` (9 floats, row-major, ``edges[r][c]`` the coordinate r of the box's edge
+    along grid axis c), from ``lo``/``hi`` (origin lo, edges diag(hi - lo)) or from a
+    voxel-to-world ``affine`` of voxel centres (4x4 or 3x4: edges A diag(D), origin
+    t - A (1/2, 1/2, 1/2)), in float64 (Python floats).  Exactly one of the two ways."""
+    if (lo is None) != (hi is None):
+        raise ValueError("lo and hi go together: give both (an axis-aligned box) or neither")
+    if (lo is None) == (affine is None):
+        raise ValueError("give the grid's box as lo and hi, or as affine (a voxel-to-world "
+                         "matrix), exactly one of the two")
+    if lo is not None:
+        lo_, hi_ = _floats(lo, "lo", 3), _floats(hi, "hi", 3)
+        if not all(a < b for a, b in zip(lo_, hi_)):
+            raise ValueError(f"the box must have lo < hi on every axis, got lo={lo_}, hi={hi_}")
+        origin = lo_
+        edges = [0.0] * 9
+        for c in range(3):
+            edges[4 * c] = hi_[c] - lo_[c]
+        return origin, edges
+    if isinstance(affine, torch.Tensor):
+        rows = affine.detach().cpu().double().tolist()
+    else:
+        try:
+            rows = [list(map(float, r)) for r in affine]
+        except (TypeError, ValueError):
+            raise TypeError(f"affine must be a 4x4 or 3x4 matrix, got {affine!r}") from None
+    if len(rows) not in (3, 4) or any(len(r) != 4 for r in rows):
+        raise ValueError(f"affine must be a 4x4 or 3x4 matrix, got {len(rows)} rows of "
+                         f"{[len(r) for r in rows]}")
+    vals = [v for r in rows[:3] for v in r]
+    if not all(math.isfinite(v) for v in vals):
+        raise ValueError("affine must be finite")
+    if len(rows) == 4 and rows[3] != [0.0, 0.0, 0.0, 1.0]:
+        raise ValueError(f"affine's last row must be (0, 0, 0, 1), got {rows[3]}")
+    a = [r[:3] for r in rows[:3]]
+    t = [r[3] for r in rows[:3]]
+    edges = [a[r][c] * float(shape[c]) for r in range(3) for c in range(3)]
+    origin = [t[r] - (a[r][0] * 0.5 + a[r][1] * 0.5 + a[r][2] * 0.5) for r in range(3)]
+    return origin, edges
+
+
+def centres_of(shape, origin, edges, offset, size, dtype, device):
+    """The voxel centres ``[S0, S1, S2, 3]`` of a grid (origin, edges as grid_geometry
+    gives them), computed in float64 with gf_grid_centre's formula and order
+    (``origin + e0 (i + 1/2) / D0 + e1 (j + 1/2) / D1 + e2 (k + 1/2) / D2``, summed left to
+    right), then rounded once to ``dtype``."""
+    f64 = torch.float64
+    t = [torch.arange(offset[c], offset[c] + size[c], dtype=f64, device=device) + 0.5
+         for c in range(3)]
+    coords = []
+    for r in range(3):
+        term = [edges[3 * r + c] * t[c] / shape[c] for c in range(3)]
+        x = origin[r] + term[0][:, None, None]
+        x = x + term[1][None, :, None]
+        x = x + term[2][None, None, :]
+        coords.append(x)
+    return torch.stack(coords, dim=-1).to(dtype)

@@ -44,7 +44,7 @@ import torch
 import torch.autograd.forward_ad as _forward_ad
 
 from .frontends import _factor_dtype, whitening_factor
-from ._common import DEFAULT_EPS, POINTS_PER_CELL, points_per_cell
+from ._common import DEFAULT_EPS, POINTS_PER_CELL, centres_of, points_per_cell
 
 _FORWARD = "gaussfield::gaussian_field"
 _BACKWARD = "gaussfield::gaussian_field_backward"
@@ -671,3 +671,158 @@ def _gaussian_field_double_backward_vmap(info, in_dims, grad_out, x, means, cov,
     return _per_sample(lambda g, xx, m, c, w, a, b, d, e: op(g, xx, m, c, w, eps, cutoff, a, b, d, e,
                                                              output_mask),
                        info, dims, args)
+
+
+# ---- voxelize ---------------------------------------------------------------------------
+# voxelize(means, cov, weights, shape, origin, edges, offset, size, eps, cutoff, *,
+# whitened) -> [S0, S1, S2] (+ [C]) and voxelize_backward(grad_out, ..., output_mask) ->
+# (grad_means, grad_cov, grad_weights): gaussian_field at the voxel centres of a grid
+# (csrc/gaussfield.h, "Regular grids").  First-order reverse mode is fused (the backward
+# op walks each Gaussian's tiles).  What is of higher order (create_graph=True, forward
+# mode, torch.func's transforms) evaluates through gaussian_field at the centres
+# (_common.centres_of, the C core's formula and order, hence the same points bit for
+# bit), whose own registrations above give it every capability of the point op, at the
+# price of the [S0 S1 S2, 3] points.
+
+_VOXELIZE = "gaussfield::voxelize"
+_VOXELIZE_BACKWARD = "gaussfield::voxelize_backward"
+
+
+def _voxel_shape(size, weights):
+    return (*size, *weights.shape[1:])
+
+
+def _check_voxel_fake(means, cov, weights, shape, origin, edges, offset, size, cutoff,
+                      whitened):
+    """make_voxel_problem's shape checks, for compile and meta tensors."""
+    torch._check(means.dim() == 2 and means.shape[1] == 3,
+                 lambda: f"means must have shape [N, 3], got {tuple(means.shape)}")
+    _check_cov_fake(cov, whitened)
+    torch._check(cov.shape[0] == means.shape[0], lambda: "cov and means disagree on N")
+    torch._check(weights.dim() in (1, 2), lambda: "weights must have shape [N] or [N, C]")
+    torch._check(weights.shape[0] == means.shape[0], lambda: "weights and means disagree on N")
+    torch._check(len(origin) == 3 and len(edges) == 9,
+                 lambda: "origin must have 3 values and edges 9")
+    torch._check(cutoff is None or (math.isfinite(cutoff) and cutoff > 0),
+                 lambda: "cutoff must be None or a finite number > 0")
+    for c in range(3):
+        torch._check(shape[c] >= 1, lambda: "shape must have entries >= 1")
+        torch._check(offset[c] >= 0, lambda: "offset must have entries >= 0")
+        torch._check(size[c] >= 0, lambda: "size must have entries >= 0")
+        torch._check(offset[c] + size[c] <= shape[c], lambda: "offset + size must be <= shape")
+
+
+@torch.library.register_fake(_VOXELIZE)
+def _voxelize_fake(means, cov, weights, shape, origin, edges, offset, size, eps, cutoff, *,
+                   whitened=False):
+    _check_voxel_fake(means, cov, weights, shape, origin, edges, offset, size, cutoff, whitened)
+    return means.new_empty(_voxel_shape(size, weights))
+
+
+@torch.library.register_fake(_VOXELIZE_BACKWARD)
+def _voxelize_backward_fake(grad_out, means, cov, weights, shape, origin, edges, offset, size,
+                            eps, cutoff, output_mask, *, whitened=False):
+    _check_voxel_fake(means, cov, weights, shape, origin, edges, offset, size, cutoff, whitened)
+    torch._check(tuple(grad_out.shape) == _voxel_shape(size, weights),
+                 lambda: "grad_out must have the shape of the result")
+    return tuple(t.new_empty(t.shape) if wanted else None
+                 for t, wanted in zip((means, cov, weights), output_mask))
+
+
+def _voxel_points(means, shape, origin, edges, offset, size):
+    """The subvolume's voxel centres as points [S0 S1 S2, 3] in means' dtype."""
+    return centres_of(shape, origin, edges, offset, size, means.dtype, means.device).reshape(-1, 3)
+
+
+class _VoxelFunction(_FunctionBase):
+    """The graph node of ``voxelize``: the backward is the fused backward op at first
+    order; with ``create_graph=True`` it is the point op's backward at the voxel
+    centres, differentiable by the point op's own rules."""
+
+    @staticmethod
+    def forward(means, cov, weights, shape, origin, edges, offset, size, eps, cutoff, whitened):
+        with torch._C._AutoDispatchBelowAutograd():
+            return torch.ops.gaussfield.voxelize(means, cov, weights, shape, origin, edges,
+                                                 offset, size, eps, cutoff, whitened=whitened)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        means, cov, weights, shape, origin, edges, offset, size, eps, cutoff, whitened = inputs
+        ctx.save_for_backward(means, cov, weights)
+        ctx.grid = (list(shape), list(origin), list(edges), list(offset), list(size))
+        ctx.eps, ctx.cutoff, ctx.whitened = eps, cutoff, whitened
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        means, cov, weights = ctx.saved_tensors
+        mask = list(ctx.needs_input_grad[:3])
+        shape, origin, edges, offset, size = ctx.grid
+        with _IN_RULE:
+            if torch.is_grad_enabled():
+                x = _voxel_points(means, shape, origin, edges, offset, size)
+                g = grad_out.reshape(x.shape[0], *weights.shape[1:])
+                _, gm, gc, gw = torch.ops.gaussfield.gaussian_field_backward(
+                    g, x, means, cov, weights, ctx.eps, ctx.cutoff, [False, *mask],
+                    whitened=ctx.whitened)
+            else:
+                gm, gc, gw = torch.ops.gaussfield.voxelize_backward(
+                    grad_out, means, cov, weights, shape, origin, edges, offset, size, ctx.eps,
+                    ctx.cutoff, mask, whitened=ctx.whitened)
+        return gm, gc, gw, None, None, None, None, None, None, None, None
+
+
+def _voxelize_through_points(means, cov, weights, shape, origin, edges, offset, size, eps,
+                             cutoff, whitened):
+    x = _voxel_points(means, shape, origin, edges, offset, size)
+    out = torch.ops.gaussfield.gaussian_field(x, means, cov, weights, eps, cutoff,
+                                              whitened=whitened)
+    return out.reshape(_voxel_shape(size, weights))
+
+
+@torch.library.impl(_VOXELIZE, "Autograd")
+def _voxelize_autograd(means, cov, weights, shape, origin, edges, offset, size, eps, cutoff, *,
+                       whitened=False):
+    args = (means, cov, weights, shape, origin, edges, offset, size, eps, cutoff)
+    functorch = _differentiating(_functorch_transforms())
+    if not functorch and not _needs_graph((means, cov, weights)):
+        return _below_autograd(torch.ops.gaussfield.voxelize.default, *args, whitened=whitened)
+    if functorch or _forward_mode((means, cov, weights)):
+        # torch.func and forward mode: the point op's rules at the centres
+        return _voxelize_through_points(*args, whitened)
+    return _VoxelFunction.apply(*args, whitened)
+
+
+@torch.library.impl(_VOXELIZE_BACKWARD, "Autograd")
+def _voxelize_backward_autograd(grad_out, means, cov, weights, shape, origin, edges, offset, size,
+                                eps, cutoff, output_mask, *, whitened=False):
+    tensors = (grad_out, means, cov, weights)
+    functorch = _differentiating(_functorch_transforms())
+    if not functorch and not _needs_graph(tensors):
+        return _below_autograd(torch.ops.gaussfield.voxelize_backward.default, grad_out, means,
+                               cov, weights, shape, origin, edges, offset, size, eps, cutoff,
+                               output_mask, whitened=whitened)
+    # differentiated itself: the point op's backward at the centres, with its rules
+    x = _voxel_points(means, shape, origin, edges, offset, size)
+    g = grad_out.reshape(x.shape[0], *weights.shape[1:])
+    _, gm, gc, gw = torch.ops.gaussfield.gaussian_field_backward(
+        g, x, means, cov, weights, eps, cutoff, [False, *output_mask], whitened=whitened)
+    return gm, gc, gw
+
+
+@torch.library.register_vmap(_VOXELIZE)
+def _voxelize_vmap(info, in_dims, means, cov, weights, shape, origin, edges, offset, size, eps,
+                   cutoff, *, whitened=False):
+    # a batch of fields: one call per field (the grid is not a tensor, never batched)
+    op = torch.ops.gaussfield.voxelize.default
+    return _per_sample(lambda m, c, w: op(m, c, w, shape, origin, edges, offset, size, eps,
+                                          cutoff, whitened=whitened),
+                       info, in_dims[:3], (means, cov, weights))
+
+
+@torch.library.register_vmap(_VOXELIZE_BACKWARD)
+def _voxelize_backward_vmap(info, in_dims, grad_out, means, cov, weights, shape, origin, edges,
+                            offset, size, eps, cutoff, output_mask, *, whitened=False):
+    op = torch.ops.gaussfield.voxelize_backward.default
+    return _per_sample(lambda g, m, c, w: op(g, m, c, w, shape, origin, edges, offset, size, eps,
+                                             cutoff, output_mask, whitened=whitened),
+                       info, in_dims[:4], (grad_out, means, cov, weights))

@@ -7,7 +7,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ._common import DEFAULT_EPS, POINTS_PER_CELL, check_cutoff, points_per_cell
+from ._common import (DEFAULT_EPS, POINTS_PER_CELL, centres_of, check_cutoff, grid_geometry,
+                      grid_ints, points_per_cell)
 
 
 def gaussian_field(
@@ -137,3 +138,97 @@ def culling_stats(x: Tensor, means: Tensor, cov: Tensor, weights: Tensor, *, cut
     return {"dims": [int(v[0]), int(v[1]), int(v[2])], "cell_size": v[3],
             "list_length": int(v[4]), "pairs_estimate": v[5], "pairs_evaluated": v[6],
             "workspace_bytes": int(v[7])}
+
+
+def _subvolume(shape, offset, size):
+    """shape, offset and size as checked lists of 3 ints (offset 0 and size the rest of the
+    grid by default)."""
+    shape = grid_ints(shape, "shape", 0)
+    offset = [0, 0, 0] if offset is None else grid_ints(offset, "offset", 0)
+    size = [d - o for d, o in zip(shape, offset)] if size is None else grid_ints(size, "size", 0)
+    for c in range(3):
+        if not isinstance(offset[c] + size[c] - shape[c], torch.SymInt) and offset[c] + size[c] > shape[c]:
+            raise ValueError(f"offset + size must be <= shape on every axis, got offset "
+                             f"{tuple(offset)}, size {tuple(size)}, shape {tuple(shape)}")
+    return shape, offset, size
+
+
+def voxel_centres(shape, *, lo=None, hi=None, affine=None, offset=None, size=None,
+                  dtype: Optional[torch.dtype] = None, device=None) -> Tensor:
+    """The centres of a regular grid's voxels, ``[S0, S1, S2, 3]``: exactly the points at
+    which :func:`voxelize` evaluates the field, so that
+    ``gaussian_field(voxel_centres(...), ...)`` equals ``voxelize(...)``.
+
+    The box is ``lo``/``hi`` or ``affine``, ``offset``/``size`` the subvolume, as in
+    :func:`voxelize`.  Voxel ``(i, j, k)`` (whole-grid indices) has its centre at
+    ``origin + e_0 (i + 1/2) / D_0 + e_1 (j + 1/2) / D_1 + e_2 (k + 1/2) / D_2`` (``e_c``
+    the box's edge along grid axis ``c``), computed in float64 in that order and rounded
+    once to ``dtype`` (default: torch's default dtype); for ``lo``/``hi`` that is
+    ``lo + (i + 1/2) (hi - lo) / D`` bit for bit.
+    """
+    shape, offset, size = _subvolume(shape, offset, size)
+    origin, edges = grid_geometry(shape, lo, hi, affine)
+    return centres_of(shape, origin, edges, offset, size, dtype or torch.get_default_dtype(),
+                      device)
+
+
+def voxelize(
+    means: Tensor,
+    cov: Tensor,
+    weights: Tensor,
+    *,
+    shape,
+    lo=None,
+    hi=None,
+    affine=None,
+    eps: float = DEFAULT_EPS,
+    cutoff: Optional[float] = None,
+    offset=None,
+    size=None,
+    whitened: bool = False,
+) -> Tensor:
+    r"""The field of :func:`gaussian_field` at the centres of a regular grid's voxels,
+    without a point tensor.
+
+    Exactly ``gaussian_field(voxel_centres(shape, ...), means, cov, weights, eps=eps,
+    cutoff=cutoff, whitened=whitened)`` (the same :math:`f_k` and the same gradients),
+    computed with the grid as its own spatial structure: tiles of voxels, each with the
+    Gaussians whose k-sigma ellipsoid reaches it.
+
+    Args:
+        means, cov, weights, eps, cutoff, whitened: as in :func:`gaussian_field`, every
+            parameterisation of ``cov``.
+        shape: the grid's voxels per axis ``(D0, D1, D2)``, integers >= 0; a zero gives
+            an empty result.
+        lo, hi: an axis-aligned box ``[lo, hi]`` (3 numbers each, ``lo < hi``
+            strictly): voxel ``(i, j, k)`` is centred at ``lo + ((i, j, k) + 0.5) * (hi -
+            lo) / shape``, axis 0 slowest, as ``torch.meshgrid(..., indexing="ij")``.
+        affine: instead of ``lo``/``hi``, a voxel-to-world matrix of voxel centres
+            (4x4 or 3x4, as NIfTI files carry: oblique axes and negative steps allowed):
+            voxel ``v = (i, j, k)`` is centred at ``A v + t``.  Exactly one of ``lo``/``hi``
+            and ``affine``.
+        offset, size: the subvolume evaluated (3 integers each; default the whole grid):
+            voxels ``offset[c] <= index < offset[c] + size[c]``.  Changing them does not
+            recompile a ``torch.compile``'d caller.
+
+    Returns:
+        ``[S0, S1, S2]`` (``[S0, S1, S2, C]`` for weights ``[N, C]``), ``S = size``, the
+        dtype and device of ``means``.
+
+    Differentiable with respect to means, cov and weights (a fused backward that walks
+    each Gaussian's tiles); double backward, forward mode and ``torch.func`` evaluate
+    through :func:`gaussian_field` at the centres (the same values, O(S0 S1 S2) extra
+    memory for the points).
+    """
+    if cutoff is not None:
+        cutoff = check_cutoff(cutoff)
+    shape, offset, size = _subvolume(shape, offset, size)
+    origin, edges = grid_geometry(shape, lo, hi, affine)
+    out_shape = (*size, *weights.shape[1:])
+    if any(not isinstance(d, torch.SymInt) and d == 0 for d in shape):
+        # an empty grid: no voxels (the op's grid has every D >= 1); 0 * sum keeps the
+        # graph to the inputs
+        out = means.new_zeros(out_shape)
+        return out + 0 * weights.sum() if weights.requires_grad else out
+    return torch.ops.gaussfield.voxelize(means, cov, weights, shape, origin, edges, offset, size,
+                                         eps, cutoff, whitened=bool(whitened))
