@@ -45,6 +45,8 @@
 # dist      benchmarks/bench_distributed.py over every GPU seen (DIST_ARGS for more)
 # docsblocks every Python code block of the README and docs/ (tests/test_docs_blocks.py),
 #           the ones marked `<!-- docs-block: gpu -->` included
+# voxel     voxelize on CUDA: tests/test_voxelize*.py, compute-sanitizer (memcheck, racecheck,
+#           initcheck) over tests/cuda_sanitize_voxel.py, benchmarks/bench_voxel.py ($OUT/results/)
 # bitwise   a reshaping's check against the code before it (.bench_old/, carried: a
 #           source tree of the earlier commit): both built for sm_90, every op's outputs
 #           compared bit for bit (benchmarks/bitwise.py), the dense pair rates of both
@@ -231,6 +233,18 @@ PY
     stage cudatest
     run python3 -m pytest -q -p no:cacheprovider tests -k "cuda" -x > "$OUT/pytest-cuda.txt"
     grep -E "passed|failed|Error|error" "$OUT/pytest-cuda.txt" | tail -30
+    ;;
+  voxel)
+    stage voxel
+    run python3 -m pytest -q tests/test_voxelize_cuda.py tests/test_voxelize.py -p no:cacheprovider > "$OUT/voxel-tests.txt"
+    tail -40 "$OUT/voxel-tests.txt"
+    for tool in memcheck racecheck initcheck; do
+      run compute-sanitizer --tool $tool --error-exitcode 3 python3 tests/cuda_sanitize_voxel.py > "$OUT/san.txt" \
+        || tail -25 "$OUT/san.txt"
+      grep -E "ERROR SUMMARY|RACECHECK SUMMARY|all cases ran|Error" "$OUT/san.txt" | tail -4
+    done
+    rm -f "$OUT/san.txt"
+    run python3 benchmarks/bench_voxel.py --out "$OUT/results"
     ;;
   sanquick)
     stage sanquick

@@ -544,39 +544,74 @@ gf_status gf_cuda_double_backward_workspace_bytes(const gf_params *params, size_
 gf_status gf_cuda_double_backward(const gf_params *params, void *workspace,
                                   size_t workspace_bytes, void *stream, int *cuda_error);
 
-/* Voxelize on the GPU (see "Regular grids").  A forward: gf_cuda_voxel_build, then
- * gf_cuda_voxel_forward with lists of the length the build reported; a backward:
- * gf_cuda_voxel_build (its list length unused), then gf_cuda_voxel_backward, which needs
- * no lists.  Results are bitwise reproducible (each voxel's sum over its tile's list in
- * index order; each Gaussian's over its voxels in a fixed order; no atomics). */
+/* Voxelize on the GPU (see "Regular grids").  Two calls each way, the build first:
+ *
+ *   forward:  gf_cuda_voxel_build (backward = 0), then gf_cuda_voxel_forward with a
+ *             workspace of gf_cuda_voxel_workspace_bytes(..., 0, &counts, ...);
+ *   backward: gf_cuda_voxel_build (backward = 1, reads grad_out), then
+ *             gf_cuda_voxel_backward with a workspace of gf_cuda_voxel_workspace_bytes(...,
+ *             1, &counts, ...).
+ *
+ * The build waits for the stream once, to read the counts that size the workspace (the
+ * tiles' lists of a forward; the work items and the voxels of non-finite grad_out of a
+ * backward), so a voxel call is not captured in a CUDA graph.  The forward cuts the
+ * subvolume into tiles (cubes of GF_CUDA_VOXEL_TILE voxels a side, or 8 where
+ * GAUSSFIELD_CUDA_CONFIG says voxel_tile=8), lists per tile the Gaussians whose
+ * ellipsoid meets it (gf_voxel_box_init: the exact row test in index space), and sums
+ * each voxel over its tile's list in ascending Gaussian order; without a cutoff every
+ * tile's list is every Gaussian and no list is built.  The backward builds no lists: each
+ * Gaussian walks the voxels its ellipsoid reaches (the same row test on a plan of
+ * one-voxel cells), split into work items of at most GF_CUDA_VOXEL_ITEM_ROWS voxel rows
+ * whose sums are added in item order, and also visits every voxel whose grad_out row is
+ * not finite (as the dense stages would).  Results are bitwise reproducible run to run
+ * (fixed summation orders, no floating-point atomics). */
+#define GF_CUDA_VOXEL_TILE 4
+#define GF_CUDA_VOXEL_ITEM_ROWS 256
 
-/* Bytes of the structure: the records, each Gaussian's tile count and offset, the
- * tiles' list starts, the scans' and the backward's temporaries (a function of N, C, the
- * dtype and the grid's size, never of the data). */
+/* What a build found (written by gf_cuda_voxel_build). */
+typedef struct gf_voxel_counts {
+    int64_t list_length; /* forward: entries of the tiles' lists (0 without a cutoff) */
+    int64_t work_items;  /* backward: the Gaussians' work items (>= 1 each) */
+    int64_t nonfinite;   /* backward: voxels whose grad_out row is not finite */
+    int32_t backward;    /* the build's kind */
+    int32_t tile;        /* forward: the tiles' side in voxels */
+} gf_voxel_counts;
+
+/* Bytes of the structure of a build: the records, each Gaussian's offset in the lists or
+ * first work item, the grid's per-axis centre terms and the scan's storage (a function of
+ * N, C, the dtype and the grid's shape, never of the data). */
 gf_status gf_cuda_voxel_structure_bytes(const gf_params *params, const gf_grid *grid,
                                         size_t *bytes, int *cuda_error);
 
-/* Reads means, cov, weights, eps, cutoff; writes the structure and *list_length (the
- * entries of the tiles' lists; waits for the stream once, to read it). */
-gf_status gf_cuda_voxel_build(const gf_params *params, const gf_grid *grid, void *structure,
-                              size_t structure_bytes, int64_t *list_length, void *stream,
-                              int *cuda_error);
+/* Reads means, cov, weights, eps, cutoff (and, backward = 1, grad_out); writes the
+ * structure and *counts, after waiting for the stream.  GF_ERR_BAD_SIZE for a grid or a
+ * problem beyond the kernels' limits (N > 2^31 - 1, more than 2^32 - 1 tiles). */
+gf_status gf_cuda_voxel_build(const gf_params *params, const gf_grid *grid, int backward,
+                              void *structure, size_t structure_bytes,
+                              gf_voxel_counts *counts, void *stream, int *cuda_error);
 
-/* Bytes of the lists' workspace of gf_cuda_voxel_forward for list_length entries. */
-gf_status gf_cuda_voxel_lists_bytes(const gf_params *params, const gf_grid *grid,
-                                    int64_t list_length, size_t *bytes, int *cuda_error);
+/* Bytes of the workspace of gf_cuda_voxel_forward (backward = 0: the lists, 16 bytes an
+ * entry, their sort's storage, the tiles' starts) or gf_cuda_voxel_backward (1: the work
+ * items' sums, (9 + C) doubles each, and the non-finite voxels' indices) for a build's
+ * counts. */
+gf_status gf_cuda_voxel_workspace_bytes(const gf_params *params, const gf_grid *grid,
+                                        int backward, const gf_voxel_counts *counts,
+                                        size_t *bytes, int *cuda_error);
 
-/* Fills the tiles' lists and evaluates the subvolume: reads weights and the structure
- * of a build with the same params; writes out [S0 S1 S2, C]. */
-gf_status gf_cuda_voxel_forward(const gf_params *params, const gf_grid *grid, void *structure,
-                                size_t structure_bytes, void *lists, size_t lists_bytes,
-                                int64_t list_length, void *stream, int *cuda_error);
+/* Fills and sorts the tiles' lists and evaluates the subvolume: reads weights and the
+ * structure of a forward build with the same params; writes out [S0 S1 S2, C]. */
+gf_status gf_cuda_voxel_forward(const gf_params *params, const gf_grid *grid,
+                                const void *structure, size_t structure_bytes,
+                                const gf_voxel_counts *counts, void *workspace,
+                                size_t workspace_bytes, void *stream, int *cuda_error);
 
-/* The backward to the Gaussians from grad_out [S0 S1 S2, C]: reads grad_out, means, cov,
- * weights and the structure of a build with the same params; writes the non-NULL of
- * grad_means, grad_cov, grad_weights. */
-gf_status gf_cuda_voxel_backward(const gf_params *params, const gf_grid *grid, void *structure,
-                                 size_t structure_bytes, void *stream, int *cuda_error);
+/* The backward to the Gaussians from grad_out [S0 S1 S2, C] (strided): reads grad_out,
+ * cov, weights and the structure of a backward build with the same params; writes the
+ * non-NULL of grad_means, grad_cov, grad_weights. */
+gf_status gf_cuda_voxel_backward(const gf_params *params, const gf_grid *grid,
+                                 const void *structure, size_t structure_bytes,
+                                 const gf_voxel_counts *counts, void *workspace,
+                                 size_t workspace_bytes, void *stream, int *cuda_error);
 
 /* Text of a cudaError_t value received through cuda_error; never NULL. */
 const char *gf_cuda_error_string(int cuda_error);

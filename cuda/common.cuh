@@ -145,6 +145,36 @@ __device__ __forceinline__ typename Types<T>::rec load_record(const typename Typ
     return u.r;
 }
 
+/* The record values the pair functions read (mx .. nkq): 3 vectors (float), 6 (double);
+ * the culled and voxel kernels stage only these in shared memory. */
+constexpr int kPairVals = 12;
+
+/* The pair values of a record (mx .. nkq), from global memory into a staging slot. */
+template <typename T>
+__device__ __forceinline__ void stage_pair_values(const typename Types<T>::rec *r, T *dst) {
+    constexpr int kVecs = kPairVals * int(sizeof(T)) / 16;
+    const uint4 *s = reinterpret_cast<const uint4 *>(r);
+    uint4 *d = reinterpret_cast<uint4 *>(dst);
+#pragma unroll
+    for (int q = 0; q < kVecs; ++q) d[q] = s[q];
+}
+
+/* A record rebuilt in registers from a staging slot (the padding, never read, is 0). */
+template <typename T>
+__device__ __forceinline__ typename Types<T>::rec load_pair_values(const T *src) {
+    using rec_t = typename Types<T>::rec;
+    constexpr int kVecs = kPairVals * int(sizeof(T)) / 16;
+    union {
+        rec_t r;
+        uint4 v[sizeof(rec_t) / 16];
+    } u;
+    const uint4 *s = reinterpret_cast<const uint4 *>(src);
+#pragma unroll
+    for (int q = 0; q < int(sizeof(rec_t) / 16); ++q)
+        u.v[q] = q < kVecs ? s[q] : make_uint4(0u, 0u, 0u, 0u);
+    return u.r;
+}
+
 /* CB channel values copied into registers with 16-byte loads from shared memory
  * (a staged block of channels starts on a 16-byte boundary). */
 template <typename T, int CB>

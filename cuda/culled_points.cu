@@ -30,35 +30,6 @@ namespace {
 using namespace gf_cuda;
 
 constexpr int kBatch = 128; /* records staged per batch */
-/* The record values the pair functions read (mx .. nkq): 3 vectors (float), 6 (double). */
-constexpr int kPairVals = 12;
-
-/* The pair values of a record (mx .. nkq), from global memory into a staging slot. */
-template <typename T>
-__device__ __forceinline__ void stage_pair_values(const typename Types<T>::rec *r, T *dst) {
-    constexpr int kVecs = kPairVals * int(sizeof(T)) / 16;
-    const uint4 *s = reinterpret_cast<const uint4 *>(r);
-    uint4 *d = reinterpret_cast<uint4 *>(dst);
-#pragma unroll
-    for (int q = 0; q < kVecs; ++q) d[q] = s[q];
-}
-
-/* A record rebuilt in registers from a staging slot (the padding, never read, is 0). */
-template <typename T>
-__device__ __forceinline__ typename Types<T>::rec load_pair_values(const T *src) {
-    using rec_t = typename Types<T>::rec;
-    constexpr int kVecs = kPairVals * int(sizeof(T)) / 16;
-    union {
-        rec_t r;
-        uint4 v[sizeof(rec_t) / 16];
-    } u;
-    const uint4 *s = reinterpret_cast<const uint4 *>(src);
-#pragma unroll
-    for (int q = 0; q < int(sizeof(rec_t) / 16); ++q)
-        u.v[q] = q < kVecs ? s[q] : make_uint4(0u, 0u, 0u, 0u);
-    return u.r;
-}
-
 /* One staged batch of `count` records against a warp's R point slots (R = 2 when the
  * warp holds a second slot of points: each record loaded from shared memory then serves
  * two pairs).  Sums in the list's order, per slot. */
