@@ -379,6 +379,7 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     cut = f"-cut{args.cutoff:g}" if args.cutoff is not None else ""
     mode = "" if args.loss == "points" else f"-volume{args.subvolume or ''}"
+    mode += "" if args.target is None else "-" + Path(args.target).name.split(".")[0]
     stem = out / f"train-{args.impl}{mode}{cut}{'-graph' if args.cuda_graph else ''}-{slug(device)}-{date}"
     data = f"{args.batch} points" if args.loss == "points" else (
         f"{args.subvolume}^3 subvolumes" if args.subvolume else "the volume")
