@@ -90,7 +90,7 @@ def write_3dgs_ply(path: Union[str, os.PathLike], means: Tensor, cov: Tensor, op
 
 # ---- Volumes: NIfTI and .npy ---------------------------------------------------------
 
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
+_NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 def _nibabel(function: str):
@@ -187,7 +187,7 @@ class Volume(NamedTuple):
 
 
 def _is_nifti(path) -> bool:
-    return os.fspath(path).lower().endswith(NIFTI_SUFFIXES)
+    return os.fspath(path).lower().endswith(_NIFTI_SUFFIXES)
 
 
 def read_volume(path: Union[str, os.PathLike], *, lo=None, hi=None, affine=None,
