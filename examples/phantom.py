@@ -8,8 +8,9 @@ implementations: value, semi-axes (a, b, c), centre (x0, y0, z0) and Euler angle
 (phi, theta, psi, degrees), on the cube [-1, 1]^3.  Densities lie in [0, 1].
 
 ``target_from_args`` gives a target as a function of points in the model's volume
-[0, volume]^3: the phantom (default), or a user's ``.npy`` volume, trilinearly
-interpolated.
+[0, volume]^3: the phantom (default), or a user's volume (``.npy``, NIfTI), trilinearly
+interpolated.  Each target also gives itself as a volume on a grid (``training_volume``,
+for the volume loss) and the grid the result is judged on (``evaluation``).
 """
 import math
 
@@ -64,34 +65,97 @@ class PhantomTarget:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return shepp_logan(2.0 * x / self.volume - 1.0)
 
+    def sample(self, n, generator, device, on_device):
+        """Uniform random points of the model's volume (the points loss's data)."""
+        if on_device:
+            return torch.rand(n, 3, generator=generator, device=device) * self.volume
+        return (torch.rand(n, 3, generator=generator) * self.volume).to(device)
+
+    def grid(self, resolution):
+        """voxelize's keywords for the resolution^3 grid of voxel centres over the volume."""
+        return {"shape": (resolution,) * 3, "lo": (0.0,) * 3, "hi": (self.volume,) * 3}
+
+    def evaluation(self, resolution, dtype, device):
+        """(points [R, R, R, 3], truth [R, R, R]): the phantom at the grid's centres."""
+        points = grid_points(resolution, self.volume, dtype=dtype, device=device)
+        return points, self(points)
+
+    def training_volume(self, resolution, dtype, device):
+        """(the phantom voxelized on the evaluation grid [R, R, R], its voxelize keywords)."""
+        return self.evaluation(resolution, dtype, device)[1], self.grid(resolution)
+
 
 class VolumeTarget:
-    """A user's volume ``[D, H, W]`` (a ``.npy`` file) over [0, volume]^3, trilinear.
+    """A user's volume (``.npy`` ``[D, H, W]``, or NIfTI through gaussfield.io), trilinear.
 
-    Axis 0 of the array runs along x[..., 0], axis 1 along x[..., 1], axis 2 along
-    x[..., 2]; voxel centres sit at (i + 0.5) * volume / size.
+    The volume's world geometry (a NIfTI file's affine; ``lo``/``hi`` for a ``.npy``,
+    whose default box is the model's [0, volume]^3) is carried into the model's space by
+    one per-axis scale and shift that takes the world bounding box of the voxels (their
+    cells, index -0.5 to D - 0.5) onto [0, volume]^3.  The grid stays what it is (an
+    oblique scan stays oblique, a negative step stays negative): the model sees the grid
+    through ``affine = W @ A``, the affine voxelize takes.  Voxel (i, j, k) is at
+    ``W @ A @ (i, j, k, 1)``; for a ``.npy`` without a box, at (i + 0.5) * volume / size.
     """
 
-    def __init__(self, path: str, volume: float):
-        array = np.load(path)
-        if array.ndim != 3:
-            raise ValueError(f"--target must hold a 3D array [D, H, W], got shape {array.shape}")
-        if not np.issubdtype(array.dtype, np.number) or not np.isfinite(array).all():
+    def __init__(self, path: str, volume: float, lo=None, hi=None):
+        from gaussfield.io import read_volume
+        if str(path).lower().endswith(".npy") and lo is None and hi is None:
+            lo, hi = (0.0,) * 3, (volume,) * 3
+        self.scan = read_volume(path, lo=lo, hi=hi, dtype=torch.float64)
+        if not torch.isfinite(self.scan.data).all():
             raise ValueError("--target must hold finite numbers")
-        self.name = f"volume {path} {tuple(array.shape)}"
+        self.name = f"volume {path} {tuple(self.scan.data.shape)}"
         self.volume = volume
-        self.data = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float64))
+        self.data = self.scan.data
+        shape = torch.tensor(self.scan.shape, dtype=torch.float64)
+        corners = torch.stack(torch.meshgrid(*[torch.tensor([-0.5, d - 0.5], dtype=torch.float64)
+                                               for d in shape.tolist()], indexing="ij"), -1).reshape(-1, 3)
+        world = corners @ self.scan.affine[:3, :3].T + self.scan.affine[:3, 3]
+        low, high = world.min(0).values, world.max(0).values
+        w = torch.eye(4, dtype=torch.float64)                   # world -> model
+        w[:3, :3] = torch.diag(volume / (high - low))
+        w[:3, 3] = -low * volume / (high - low)
+        self.world_to_model = w
+        self.affine = w @ self.scan.affine                       # voxel index -> model
+        self.to_index = torch.linalg.inv(self.affine)            # model -> voxel index
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         data = self.data.to(device=x.device, dtype=x.dtype)[None, None]  # [1, 1, D, H, W]
+        inv = self.to_index.to(device=x.device, dtype=x.dtype)
+        u = x @ inv[:3, :3].T + inv[:3, 3]                       # voxel index coordinates
+        size = torch.tensor(self.scan.shape, dtype=x.dtype, device=x.device)
         # grid_sample's last grid coordinate indexes W, the first indexes D
-        g = (2.0 * x / self.volume - 1.0).flip(-1).reshape(1, 1, 1, -1, 3)
+        g = ((2.0 * u + 1.0) / size - 1.0).flip(-1).reshape(1, 1, 1, -1, 3)
         out = F.grid_sample(data, g, mode="bilinear", padding_mode="border", align_corners=False)
         return out.reshape(x.shape[:-1])
 
+    def sample(self, n, generator, device, on_device):
+        """Uniform random points of the voxels' cells (index -0.5 to D - 0.5), in model space."""
+        size = torch.tensor(self.scan.shape, dtype=torch.float64)
+        if on_device:
+            u = torch.rand(n, 3, generator=generator, device=device)
+        else:
+            u = torch.rand(n, 3, generator=generator)
+        a = self.affine.to(u.device)
+        x = (u.double() * size.to(u.device) - 0.5) @ a[:3, :3].T + a[:3, 3]
+        return x.to(device=device, dtype=torch.get_default_dtype())
 
-def target_from_args(path, volume):
-    return VolumeTarget(path, volume) if path else PhantomTarget(volume)
+    def grid(self, resolution=None):
+        return {"shape": self.scan.shape, "affine": self.affine}
+
+    def evaluation(self, resolution, dtype, device):
+        """(the voxel centres in model space [D0, D1, D2, 3], the volume itself)."""
+        index = torch.stack(torch.meshgrid(*[torch.arange(d, dtype=torch.float64) for d in self.scan.shape],
+                                           indexing="ij"), -1)
+        points = index @ self.affine[:3, :3].T + self.affine[:3, 3]
+        return points.to(device=device, dtype=dtype), self.data.to(device=device, dtype=dtype)
+
+    def training_volume(self, resolution, dtype, device):
+        return self.data.to(device=device, dtype=dtype), self.grid()
+
+
+def target_from_args(path, volume, lo=None, hi=None):
+    return VolumeTarget(path, volume, lo, hi) if path else PhantomTarget(volume)
 
 
 def grid_points(resolution: int, volume: float, dtype=torch.float32, device="cpu"):

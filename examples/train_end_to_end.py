@@ -11,19 +11,32 @@ Everything else (model, initialisation, data, optimiser, loss) is shared, so the
 --seed and --dtype float64 give the same loss curve for batched and fused.
 
 The target is the 3D Shepp-Logan head phantom, built in (examples/phantom.py), or a
-volume of yours (--target vol.npy, a [D, H, W] array), stretched over the model's
-[0, 10]^3 volume.  Each step draws --batch uniform random points; at the end the field
-is evaluated on a regular --grid^3 grid of voxel centres, and the script prints the PSNR
-there and the time per step, and writes into --out:
+volume of yours: --target scan.nii.gz (NIfTI, with its affine; a 4-D file gives its first
+volume) or --target vol.npy (a [D, H, W] array; --lo/--hi give its box), carried into the
+model's [0, 10]^3 volume by one per-axis scale and shift (an oblique grid stays oblique).
+
+    --loss points    (default) each step draws --batch uniform random points
+    --loss volume    each step voxelizes the field (gaussfield.voxelize) on the target's
+                     whole grid (the phantom on the --grid^3 grid; a file on its own
+                     voxels), or on a random N^3 subvolume with --subvolume N
+    --criterion      mse (default) or l1
+
+The field is judged on the phantom's --grid^3 grid of voxel centres (a file: on its own
+voxels), at --evals checkpoints during training (the clock paused), and at 2^15 random
+points between the centres ("off-grid"); the script prints the PSNR and the time per
+step, and writes into --out:
 
     <stem>-loss.png    the loss curve
     <stem>-slice.png   the central slice (axis 2), target beside prediction
-    <stem>.json        the settings, the losses of every step, PSNR, time per step
+    <stem>.json        the settings, the losses of every step, PSNR, time per step, and
+                       the PSNR-against-training-time curve
 
     python examples/train_end_to_end.py                       # GPU if there is one
     python examples/train_end_to_end.py --impl batched --steps 100
     python examples/train_end_to_end.py --target my_volume.npy --gaussians 5000
     python examples/train_end_to_end.py --cutoff 6 --save field.pt   # f_k, k = 6; keep the field
+    python examples/train_end_to_end.py --loss volume --cutoff 3 --subvolume 32
+    python examples/train_end_to_end.py --target scan.nii.gz --loss volume --cutoff 3 --nifti fit.nii.gz
 
 --cutoff K sets the model's cutoff (``model.cutoff = K``, honoured by fused_forward): the
 field becomes f_k, the sum of the terms with Mahalanobis distance at most K, which
@@ -33,7 +46,9 @@ trains quickly (--cutoff none for the exact field); on a CPU there is no cutoff 
 default.  On a GPU the points of each step are drawn on the device by default (--points
 device; drawing 2^18 points on the host costs about as much as a culled step), on a CPU
 on the host (--points host), as before.  --save PATH writes the model's state_dict at the
-end (benchmarks/bench_cull.py measures such a trained field).
+end (benchmarks/bench_cull.py measures such a trained field).  --nifti PATH writes the
+trained field voxelized on the target's grid as NIfTI, with the target's affine (world
+coordinates), for the viewer you already use.
 """
 import argparse
 import datetime as _dt
@@ -48,6 +63,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import gaussfield
+from gaussfield._common import DEFAULT_EPS
 from gaussfield._devices import device_name, slug
 from gaussfield.notebook import FastLearnableGaussianField, LearnableGaussianField
 from cli import cutoff_arg  # examples/cli.py, beside this script
@@ -89,21 +105,47 @@ class Progress:
         self.bar.close()
 
 
-def train(model, target, args, device, sync):
-    """Adam on fresh random points every step; with --cuda-graph, steps from the fourth
+def voxelize_model(model, grid, **box):
+    """The model's field on a grid (gaussfield.voxelize), with what fused_forward reads."""
+    cov = model.cov_tril if model.use_full_cov else model.log_scales
+    return gaussfield.voxelize(model.means, cov.to(model.means.dtype), model.weights, **grid, **box,
+                               eps=DEFAULT_EPS, cutoff=getattr(model, "cutoff", None))
+
+
+def train(model, target, args, device, sync, checkpoint):
+    """Adam on fresh random points every step (--loss points) or on the voxelized field
+    against the target volume (--loss volume); with --cuda-graph, steps from the fourth
     on replay one CUDA graph of the whole step (forward, loss, backward, Adam), the
     points and the target's values at them (the data, computed outside the graph)
-    copied into its static inputs first."""
+    copied into its static inputs first.  ``checkpoint()`` runs after the steps in
+    ``args.eval_steps`` with the clock stopped; returns (losses, s/step, curve)."""
     graphed = args.cuda_graph
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, capturable=graphed)
+    criterion = F.l1_loss if args.criterion == "l1" else F.mse_loss
     # the data: with --points host the same on every device
     on_device = args.points == "device"
     points = (torch.Generator(device) if on_device else torch.Generator()).manual_seed(args.seed + 1)
     losses = torch.empty(args.steps, dtype=torch.float64, device=device)
     progress = Progress(args.steps, args.quiet)
+    if args.loss == "volume":
+        volume, grid = target.training_volume(args.grid, torch.get_default_dtype(), device)
+        shape = volume.shape
+        sub = tuple(min(args.subvolume, d) for d in shape) if args.subvolume else None
+        corners = torch.Generator().manual_seed(args.seed + 1)
 
     def step(x, t):
-        loss = F.mse_loss(model(x), t)
+        loss = criterion(model(x), t)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    def volume_step():
+        if sub is None:
+            loss = criterion(voxelize_model(model, grid), volume)
+        else:  # a random subvolume: integer offsets, so torch.compile would not recompile
+            o = [int(torch.randint(0, d - s + 1, (), generator=corners)) for d, s in zip(shape, sub)]
+            pred = voxelize_model(model, grid, offset=o, size=sub)
+            loss = criterion(pred, volume[o[0]:o[0] + sub[0], o[1]:o[1] + sub[1], o[2]:o[2] + sub[2]])
         loss.backward()
         opt.step()
         return loss.detach()
@@ -115,14 +157,27 @@ def train(model, target, args, device, sync):
     side = torch.cuda.Stream(device) if graphed else None
     static_x, static_t, static_loss, graph = None, None, None, None
     start = None
+    curve, trained_s = [], 0.0   # training time from step 0, checkpoints excluded
+    sync()
+    clock = time.perf_counter()
     for step_index in range(args.steps):
         if step_index == timed_from:
             sync()
             start = time.perf_counter()
-        if on_device:
-            x = torch.rand(args.batch, 3, generator=points, device=device) * VOLUME
-        else:
-            x = (torch.rand(args.batch, 3, generator=points) * VOLUME).to(device)
+        if args.loss == "volume":
+            opt.zero_grad(set_to_none=True)
+            losses[step_index] = volume_step()
+            progress.update(losses[step_index])
+            if step_index + 1 in args.eval_steps:
+                sync()
+                now = time.perf_counter()
+                trained_s += now - clock
+                curve.append({"step": step_index + 1, "train_s": trained_s, "psnr_db": checkpoint()})
+                if start is not None:
+                    start += time.perf_counter() - now
+                clock = time.perf_counter()
+            continue
+        x = target.sample(args.batch, points, device, on_device)
         t = target(x)
         if not graphed:
             opt.zero_grad(set_to_none=True)
@@ -145,29 +200,48 @@ def train(model, target, args, device, sync):
             graph.replay()
             losses[step_index] = static_loss
         progress.update(losses[step_index])
+        if step_index + 1 in args.eval_steps:
+            sync()
+            now = time.perf_counter()
+            trained_s += now - clock
+            curve.append({"step": step_index + 1, "train_s": trained_s, "psnr_db": checkpoint()})
+            if start is not None:  # the checkpoint is not training time
+                start += time.perf_counter() - now
+            clock = time.perf_counter()
     sync()
     per_step = ((time.perf_counter() - start) / (args.steps - timed_from)
                 if args.steps > 1 else float("nan"))
     progress.close()
-    return losses.tolist(), per_step
+    return losses.tolist(), per_step, curve
+
+
+def psnr_db(pred, truth):
+    mse = F.mse_loss(pred, truth).item()
+    peak = (truth.max() - truth.min()).item() or 1.0
+    return 10 * math.log10(peak**2 / mse) if mse > 0 else float("inf")
 
 
 @torch.no_grad()
 def evaluate(model, target, args, device, dtype):
-    grid = grid_points(args.grid, VOLUME, dtype=dtype, device=device)
+    """PSNR on the evaluation grid, (truth, prediction) there."""
+    grid, truth = target.evaluation(args.grid, dtype, device)
     flat = grid.reshape(-1, 3)
     # the notebook's versions hold [chunk, N, 3, 3]: keep that near 2^22 pairs
     chunk = flat.shape[0] if args.impl == "fused" else max(1, 2**22 // args.gaussians)
     pred = torch.cat([model(flat[i:i + chunk]) for i in range(0, flat.shape[0], chunk)])
-    truth = target(flat)
-    mse = F.mse_loss(pred, truth).item()
-    peak = (truth.max() - truth.min()).item() or 1.0
-    psnr = 10 * math.log10(peak**2 / mse) if mse > 0 else float("inf")
     shape = grid.shape[:3]
-    return psnr, truth.reshape(shape), pred.reshape(shape)
+    return psnr_db(pred, truth.reshape(-1)), truth.reshape(shape), pred.reshape(shape)
 
 
-def write_pictures(stem, losses, truth, pred, title):
+@torch.no_grad()
+def evaluate_off_grid(model, target, args, device):
+    """PSNR at 2^15 uniform random points of the target's region (fixed seed), against
+    the target there (the analytic phantom; a file's trilinear interpolation)."""
+    x = target.sample(2**15, torch.Generator().manual_seed(12345), device, False)
+    return psnr_db(model(x), target(x))
+
+
+def write_pictures(stem, losses, truth, pred, title, extent=(0, VOLUME, 0, VOLUME)):
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -178,7 +252,7 @@ def write_pictures(stem, losses, truth, pred, title):
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.semilogy(range(1, len(losses) + 1), losses)
     ax.set_xlabel("step")
-    ax.set_ylabel("MSE loss (training batch)")
+    ax.set_ylabel("loss (training batch or volume)")
     ax.set_title(title, fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
@@ -191,10 +265,10 @@ def write_pictures(stem, losses, truth, pred, title):
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.4), layout="constrained")
     for ax, img, name in [(axes[0], t, "target"), (axes[1], p, "prediction")]:
         im = ax.imshow(img.float().numpy(), origin="lower", cmap="gray", vmin=lo, vmax=hi,
-                       extent=(0, VOLUME, 0, VOLUME))
-        ax.set_title(f"{name}, slice x2 = {VOLUME / 2:g}", fontsize=9)
-        ax.set_xlabel("x0")
-        ax.set_ylabel("x1")
+                       extent=extent)
+        ax.set_title(f"{name}, central slice of axis 2", fontsize=9)
+        ax.set_xlabel("x0" if extent[1] == VOLUME else "voxel index, axis 0")
+        ax.set_ylabel("x1" if extent[1] == VOLUME else "voxel index, axis 1")
     fig.colorbar(im, ax=list(axes), shrink=0.8)
     fig.suptitle(title, fontsize=9)
     fig.savefig(f"{stem}-slice.png", dpi=120)
@@ -214,7 +288,20 @@ def parse_args(argv=None):
     ap.add_argument("--lr", type=float, default=0.01, help="Adam learning rate")
     ap.add_argument("--diagonal", action="store_true", help="diagonal covariances (use_full_cov=False)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--target", metavar="VOL.npy", help="fit this [D, H, W] volume instead of the phantom")
+    ap.add_argument("--target", metavar="VOL",
+                    help="fit this volume instead of the phantom: NIfTI (.nii, .nii.gz; a 4-D file's first "
+                         "volume) or .npy [D, H, W]")
+    ap.add_argument("--lo", type=float, nargs=3, help="a .npy target's box: lower corner (world)")
+    ap.add_argument("--hi", type=float, nargs=3, help="a .npy target's box: upper corner (world)")
+    ap.add_argument("--loss", choices=["points", "volume"], default="points",
+                    help="points: random points each step (default); volume: voxelize against the target volume")
+    ap.add_argument("--criterion", choices=["mse", "l1"], default="mse", help="the loss (default mse)")
+    ap.add_argument("--subvolume", type=int, metavar="N",
+                    help="--loss volume: a random N^3 subvolume per step instead of the whole volume")
+    ap.add_argument("--evals", type=int, default=10,
+                    help="PSNR checkpoints during training (the clock stopped), default 10")
+    ap.add_argument("--nifti", metavar="PATH",
+                    help="write the trained field voxelized on the target's grid as NIfTI (target's affine)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"),
                     help="directory for the pictures and the JSON (default: examples/results)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -229,6 +316,13 @@ def parse_args(argv=None):
     args = ap.parse_args(argv)
     if args.cuda_graph and (args.impl != "fused" or not args.device.startswith("cuda")):
         ap.error("--cuda-graph needs --impl fused on a CUDA device")
+    if args.loss == "volume" and (args.impl != "fused" or args.cuda_graph):
+        ap.error("--loss volume needs --impl fused (gaussfield.voxelize) and no --cuda-graph")
+    if args.subvolume is not None and (args.loss != "volume" or args.subvolume < 1):
+        ap.error("--subvolume N needs --loss volume and N >= 1")
+    if (args.lo is None) != (args.hi is None) or (args.lo is not None and not
+                                                  str(args.target or "").lower().endswith(".npy")):
+        ap.error("--lo and --hi go together, with a .npy --target")
     cutoff_given = args.cutoff is not None
     for key, value in DEFAULTS["cuda" if args.device.startswith("cuda") else "cpu"].items():
         if getattr(args, key) is None:
@@ -242,9 +336,11 @@ def parse_args(argv=None):
         if cutoff_given:
             ap.error("--cutoff needs --impl fused (the notebook's forward has no cutoff)")
         args.cutoff = None  # the device's default cutoff is the fused forward's
-    for key in ("gaussians", "batch", "steps", "grid"):
+    for key in ("gaussians", "batch", "steps", "grid", "evals"):
         if getattr(args, key) < 1:
             ap.error(f"--{key} must be at least 1")
+    # the checkpoints: evenly spaced, the last step always among them
+    args.eval_steps = sorted({max(1, round(args.steps * (i + 1) / args.evals)) for i in range(args.evals)})
     return args
 
 
@@ -263,37 +359,59 @@ def main(argv=None):
     model = cls(args.gaussians, volume_size=VOLUME, use_full_cov=not args.diagonal).to(device)
     if args.cutoff is not None:
         model.cutoff = args.cutoff  # honoured by fused_forward: f_k, culled
-    target = target_from_args(args.target, VOLUME)
+    target = target_from_args(args.target, VOLUME, args.lo, args.hi)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     print(f"{args.impl}: {args.gaussians} Gaussians ({'diagonal' if args.diagonal else 'full'} "
           f"covariance), {args.dtype}, fitting the {target.name} on {device_name(device)}; "
-          f"{args.steps} Adam steps of {args.batch} random points (drawn on the {args.points})"
-          + (f"; cutoff {args.cutoff:g}" if args.cutoff is not None else ""))
-    losses, per_step = train(model, target, args, device, sync)
+          + (f"{args.steps} Adam steps of {args.batch} random points (drawn on the {args.points})"
+             if args.loss == "points" else
+             f"{args.steps} Adam steps against the volume"
+             + (f" ({args.subvolume}^3 subvolumes)" if args.subvolume else ""))
+          + f", {args.criterion}" + (f"; cutoff {args.cutoff:g}" if args.cutoff is not None else ""))
+    losses, per_step, curve = train(model, target, args, device, sync,
+                                    lambda: evaluate(model, target, args, device, dtype)[0])
     psnr, truth, pred = evaluate(model, target, args, device, dtype)
+    psnr_off = evaluate_off_grid(model, target, args, device)
 
     date = _dt.date.today().isoformat()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cut = f"-cut{args.cutoff:g}" if args.cutoff is not None else ""
-    stem = out / f"train-{args.impl}{cut}{'-graph' if args.cuda_graph else ''}-{slug(device)}-{date}"
-    title = (f"{args.impl}, N={args.gaussians}, {args.steps} steps of {args.batch} points, "
+    mode = "" if args.loss == "points" else f"-volume{args.subvolume or ''}"
+    mode += "" if args.target is None else "-" + Path(args.target).name.split(".")[0]
+    stem = out / f"train-{args.impl}{mode}{cut}{'-graph' if args.cuda_graph else ''}-{slug(device)}-{date}"
+    data = f"{args.batch} points" if args.loss == "points" else (
+        f"{args.subvolume}^3 subvolumes" if args.subvolume else "the volume")
+    title = (f"{args.impl}, N={args.gaussians}, {args.steps} steps of {data}, "
              + (f"cutoff {args.cutoff:g}, " if args.cutoff is not None else "") +
              f"{device_name(device)}, {date}: PSNR {psnr:.2f} dB")
-    files = write_pictures(stem, losses, truth, pred, title)
+    extent = (0, VOLUME, 0, VOLUME) if args.target is None else (0, truth.shape[0], 0, truth.shape[1])
+    files = write_pictures(stem, losses, truth, pred, title, extent)
+    voxelizer = gaussfield.voxelize if hasattr(gaussfield, "voxelize") else None
     summary = {"date": date, "device": device_name(device), "torch": torch.__version__,
                "args": vars(args), "target": target.name, "psnr_db": psnr,
-               "ms_per_step": per_step * 1e3, "losses": losses}
+               "psnr_off_grid_db": psnr_off, "ms_per_step": per_step * 1e3, "curve": curve,
+               "voxelize": None if voxelizer is None else getattr(voxelizer, "__module__", None),
+               "losses": losses}
     Path(f"{stem}.json").write_text(json.dumps(summary, indent=1))
     files.append(f"{stem}.json")
+    if args.nifti:
+        from gaussfield.io import box_affine, write_nifti
+        with torch.no_grad():  # the target's grid; a file's own affine (world coordinates)
+            field = voxelize_model(model, target.grid(args.grid))
+        world = box_affine(field.shape, (0.0,) * 3, (VOLUME,) * 3) if args.target is None else target.scan.affine
+        Path(args.nifti).parent.mkdir(parents=True, exist_ok=True)
+        write_nifti(args.nifti, field, world)
+        files.append(args.nifti)
     if args.save:
         Path(args.save).parent.mkdir(parents=True, exist_ok=True)
         torch.save(model.state_dict(), args.save)
         files.append(args.save)
 
-    print(f"loss {losses[0]:.6f} -> {losses[-1]:.6f}; PSNR {psnr:.2f} dB on the {args.grid}^3 grid; "
-          f"{per_step * 1e3:.2f} ms per step")
+    judged = f"the {args.grid}^3 grid" if args.target is None else "the target's voxels"
+    print(f"loss {losses[0]:.6f} -> {losses[-1]:.6f}; PSNR {psnr:.2f} dB on {judged} "
+          f"({psnr_off:.2f} dB off-grid); {per_step * 1e3:.2f} ms per step")
     print("wrote " + ", ".join(files))
     return 0 if all(math.isfinite(v) for v in losses) else 1
 
